@@ -1,0 +1,47 @@
+"""The HTTP API on apiServer: /v1/mesh/*, /v1/stats, /healthz."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import orjson
+from aiohttp import web
+
+from . import requests
+from .requests import ApiError, invalid
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _result(result: Any) -> web.Response:
+    return _json({"E": None, "r": result})
+
+
+def _error(error: ApiError) -> web.Response:
+    return _json({"E": error.body()})
+
+
+def add_routes(app: web.Application, mesh, stats: Callable[[], dict]) -> None:
+    def endpoint(action: Callable[[Any, Any], Any]):
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                try:
+                    params = orjson.loads(await request.read())
+                except orjson.JSONDecodeError as exc:
+                    raise invalid(f"invalid JSON body: {exc}") from None
+                return _result(action(mesh, params))
+            except ApiError as error:
+                return _error(error)
+        return handle
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return _result(stats())
+
+    app.router.add_post("/v1/mesh/publish", endpoint(requests.publish))
+    app.router.add_post("/v1/mesh/send", endpoint(requests.send))
+    app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/healthz", healthz)

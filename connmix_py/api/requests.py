@@ -1,0 +1,58 @@
+"""The API's request shapes, shared by HTTP and the WebSocket API:
+validation of params and CONNMIX's error codes."""
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+INVALID_ARGUMENT = 101
+SEND_FAILED = 401
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"c": self.code, "m": self.message}
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(INVALID_ARGUMENT, message)
+
+
+def delivery(params: Any, target: str) -> tuple[str, bytes, bool]:
+    """Validate {c, d, t} of publish/send: (target, payload bytes, binary)."""
+    if not isinstance(params, dict):
+        raise invalid("params must be a JSON object")
+    name = params.get("c")
+    if not isinstance(name, str) or not name:
+        raise invalid(f"c must be a non-empty string ({target})")
+    data = params.get("d")
+    if not isinstance(data, str):
+        raise invalid("d must be a string")
+    kind = params.get("t", "text")
+    if kind in (None, "", "text"):
+        return name, data.encode(), False
+    if kind != "binary":
+        raise invalid("t must be \"text\" or \"binary\"")
+    try:
+        return name, base64.b64decode(data, validate=True), True
+    except (binascii.Error, ValueError):
+        raise invalid("d must be base64 when t is \"binary\"") from None
+
+
+def publish(mesh, params: Any) -> dict[str, int]:
+    channel, payload, binary = delivery(params, "channel")
+    delivered, failed = mesh.publish(channel, payload, binary)
+    return {"s": delivered, "f": failed}
+
+
+def send(mesh, params: Any) -> dict[str, bool]:
+    client_id, payload, binary = delivery(params, "client id")
+    if not mesh.send(client_id, payload, binary):
+        raise ApiError(SEND_FAILED, f"send failed: client {client_id} not found or closed")
+    return {"s": True}

@@ -1,0 +1,79 @@
+"""`connmix dev|single|check -f connmix.yaml`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import logs
+from .config import ConfigError, load_settings
+from .engine import Engine, StartupError
+from .lua.vm import LuaLoadError
+
+log = logging.getLogger("connmix")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="connmix", description="CONNMIX-compatible long-connection gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("dev", "run everything in one process with debug logging"),
+                       ("single", "run everything in one process with production logging"),
+                       ("check", "validate the yaml and compile every entry script")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
+    return parser
+
+
+def check(path: str) -> int:
+    """Print each problem as one line with file (and line); 1 if any."""
+    try:
+        settings = load_settings(path)
+        engine = Engine(settings)
+        engine.load_scripts()
+    except (ConfigError, LuaLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(settings.servers)} server(s))")
+    return 0
+
+
+async def serve(path: str, mode: str) -> int:
+    try:
+        settings = load_settings(path)
+        logs.apply(settings, mode)
+        engine = Engine(settings)
+        await engine.start()
+    except (ConfigError, StartupError) as exc:
+        log.error("%s", exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("connmix-py running (%s mode); Ctrl-C stops", mode)
+    await stop.wait()
+    log.info("stopping")
+    await engine.stop()
+    return 0
+
+
+def run(coro) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.setup_console()
+    if args.command == "check":
+        return check(args.file)
+    return run(serve(args.file, args.command))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""connmix.yaml -> typed, validated settings.
+
+CONNMIX's own file loads as it is: keys we do not use are accepted with one
+warning each; a bad value stops start-up with a ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("connmix.config")
+
+PROTOCOLS = ("websocket", "socket")
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A user mistake in the configuration; the message is one clear line."""
+
+
+@dataclass
+class LoggingSettings:
+    filename: str = "logs/connmix.log"
+    max_files: int = 7
+    level: str = "debug"
+
+
+@dataclass
+class ApiServerSettings:
+    port: int = 6789
+    bind: str = "0.0.0.0"
+    read_timeout: float = 60
+    write_timeout: float = 60
+
+
+@dataclass
+class ServerSettings:
+    port: int = 6790
+    bind: str = "0.0.0.0"
+    protocol: str = "websocket"
+    options: dict[str, Any] = field(default_factory=dict)
+    entry: str = "lua/entry.websocket.lua"  # absolute after loading
+    byte_code_expires: float = 10
+    read_buffer_size: int = 1024
+    write_buffer_size: int = 1024
+    read_timeout: float = 60
+    write_timeout: float = 10
+    # ours: the largest frame a client may send, and the most bytes that may
+    # wait in one connection's send queue before it is closed as too slow.
+    max_message_size: int = 1024 * 1024
+    max_send_queue: int = 4 * 1024 * 1024
+
+    @property
+    def path(self) -> str:
+        return str(self.options.get("path", "/"))
+
+
+@dataclass
+class Settings:
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    api_server: ApiServerSettings = field(default_factory=ApiServerSettings)
+    servers: list[ServerSettings] = field(default_factory=list)
+    base_dir: str = "."
+    source: str = "<settings>"
+
+
+# yaml key -> (attribute, kind) per section; kind is a type or a validator.
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _port(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{key}: expected a port number 0-65535, got {value!r}")
+    return value
+
+
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{key}: expected a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _level(key: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise ConfigError(f"{key}: expected one of debug, info, warn, error, got {value!r}")
+    return value.lower()
+
+
+def _protocol(key: str, value: Any) -> str:
+    if value not in PROTOCOLS:
+        raise ConfigError(f"{key}: unknown protocol {value!r} (expected websocket or socket)")
+    return value
+
+
+def _options(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of {{name, value}} entries")
+    options: dict[str, Any] = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"{key}[{i}]: expected {{name: <string>, value: ...}}")
+        options[item["name"]] = item.get("value")
+    if "path" in options and (not isinstance(options["path"], str) or not options["path"].startswith("/")):
+        raise ConfigError(f"{key}: the path option must start with '/', got {options['path']!r}")
+    return options
+
+
+_LOGGING_KEYS = {"filename": ("filename", _string), "maxFiles": ("max_files", _positive_int),
+                 "level": ("level", _level)}
+_API_KEYS = {"port": ("port", _port), "bind": ("bind", _string),
+             "readTimeout": ("read_timeout", _seconds), "writeTimeout": ("write_timeout", _seconds)}
+_SERVER_KEYS = {
+    "port": ("port", _port), "bind": ("bind", _string), "protocol": ("protocol", _protocol),
+    "options": ("options", _options), "entry": ("entry", _string),
+    "byteCodeExpires": ("byte_code_expires", _seconds),
+    "readBufferSize": ("read_buffer_size", _positive_int),
+    "writeBufferSize": ("write_buffer_size", _positive_int),
+    "readTimeout": ("read_timeout", _seconds), "writeTimeout": ("write_timeout", _seconds),
+    "maxMessageSize": ("max_message_size", _positive_int),
+    "maxSendQueue": ("max_send_queue", _positive_int),
+}
+# Sections CONNMIX has that later parts of the engine read; accepted silently here.
+_KNOWN_SECTIONS = {"access", "luavm", "broker"}
+
+
+def _apply(target: Any, data: Any, keys: dict, where: str, warn: set[str]) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    for key, value in data.items():
+        full = f"{where}.{key}"
+        if key not in keys:
+            warn.add(full)
+            continue
+        attr, check = keys[key]
+        setattr(target, attr, check(full, value))
+
+
+def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -> Settings:
+    """Validate a parsed connmix.yaml document. Raises ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    settings = Settings(base_dir=os.path.abspath(base_dir), source=source)
+    unknown: set[str] = set()
+    for key in data:
+        if key not in ("logging", "engine", "access"):
+            unknown.add(key)
+    _apply(settings.logging, data.get("logging"), _LOGGING_KEYS, "logging", unknown)
+    engine = data.get("engine") or {}
+    if not isinstance(engine, dict):
+        raise ConfigError("engine: expected a mapping")
+    for key in engine:
+        if key not in ("apiServer", "servers") and key not in _KNOWN_SECTIONS:
+            unknown.add(f"engine.{key}")
+    _apply(settings.api_server, engine.get("apiServer"), _API_KEYS, "engine.apiServer", unknown)
+    servers = engine.get("servers") or []
+    if not isinstance(servers, list):
+        raise ConfigError("engine.servers: expected a list")
+    for i, raw in enumerate(servers):
+        server = ServerSettings()
+        _apply(server, raw, _SERVER_KEYS, f"engine.servers[{i}]", unknown)
+        server.entry = os.path.normpath(os.path.join(settings.base_dir, server.entry))
+        settings.servers.append(server)
+    ports = [settings.api_server.port] + [s.port for s in settings.servers]
+    for port in ports:
+        if port and ports.count(port) > 1:
+            raise ConfigError(f"engine: port {port} is used by more than one server")
+    for key in sorted(unknown):
+        log.warning("%s: unknown key %s is ignored", source, key)
+    return settings
+
+
+def load_settings(path: str) -> Settings:
+    """Read and validate a connmix.yaml file. Raises ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid yaml: {getattr(exc, 'problem', exc)}") from None
+    return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
+
+
+def check_entries(settings: Settings) -> None:
+    """Every entry script must exist; raises ConfigError naming the key."""
+    for i, server in enumerate(settings.servers):
+        if server.protocol == "socket":
+            raise ConfigError(f"engine.servers[{i}].protocol: socket servers are not supported yet")
+        if not os.path.isfile(server.entry):
+            raise ConfigError(f"engine.servers[{i}].entry: file not found: {server.entry}")

@@ -1,0 +1,143 @@
+"""Connection: one client's id, context, subscriptions and bounded send queue.
+
+Frames are written straight to the transport; the transport's write buffer
+is the send queue. It is bounded twice: by size (``max_send_queue`` bytes)
+and by time (a frame that stays unflushed past ``write_timeout`` seconds).
+A connection over either bound is aborted as a slow client, so publishers
+are never slowed and memory stays bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from . import frames
+
+log = logging.getLogger("connmix.conn")
+
+# Close codes, in one table.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+# Frames a connection may hold before its upgrade completes (sent on open).
+_MAX_PENDING_FRAMES = 1024
+
+
+class Connection:
+    __slots__ = (
+        "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
+        "transport", "max_send_queue", "write_timeout", "read_timeout", "last_read",
+        "closing", "close_err", "sent_total", "blocked_since", "block_mark",
+        "_pending", "_closer", "_loop",
+    )
+
+    def __init__(self, client_id: str, server: Any, remote_addr: str,
+                 max_send_queue: int, write_timeout: float, read_timeout: float) -> None:
+        self.client_id = client_id
+        self.id_bytes = client_id.encode()
+        self.server = server
+        self.remote_addr = remote_addr
+        self.context: dict[str, Any] = {}
+        self.channels: set[str] = set()
+        self.transport: asyncio.Transport | None = None
+        self.max_send_queue = max_send_queue
+        self.write_timeout = write_timeout
+        self.read_timeout = read_timeout
+        self._loop = asyncio.get_running_loop()
+        self.last_read = self._loop.time()
+        self.closing = False
+        self.close_err: str | None = None
+        self.sent_total = 0
+        self.blocked_since: float | None = None
+        self.block_mark = 0
+        self._pending: list[bytes] | None = []
+        self._closer: Callable[[int], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id} {self.remote_addr}>"
+
+    # -- opening and closing --------------------------------------------------
+
+    def open(self, transport: asyncio.Transport, closer: Callable[[int], None]) -> None:
+        """The upgrade is done: frames queued before it go out now."""
+        self.transport = transport
+        self._closer = closer
+        pending, self._pending = self._pending, None
+        for frame in pending or ():
+            self.write_frame(frame)
+
+    def close(self, code: int = CLOSE_NORMAL, err: str | None = None) -> None:
+        """Close after the frames already queued; later sends fail."""
+        if self.closing:
+            return
+        self.closing = True
+        if err is not None and self.close_err is None:
+            self.close_err = err
+        if self._closer is not None:
+            self._closer(code)
+
+    def abort(self, err: str) -> None:
+        """Drop the connection now, without flushing (slow or dead client)."""
+        log.warning("closing client %s (%s): %s", self.client_id, self.remote_addr, err)
+        if self.close_err is None:
+            self.close_err = err
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def mark_closed(self, err: str | None) -> None:
+        """The socket is gone; remember why for on_close."""
+        self.closing = True
+        if self.close_err is None:
+            self.close_err = err
+
+    # -- sending -----------------------------------------------------------------
+
+    def send(self, data: bytes, binary: bool = False) -> bool:
+        return self.write_frame(frames.binary_frame(data) if binary else frames.text_frame(data))
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Queue an encoded frame; False if the connection cannot take it."""
+        if self.closing:
+            return False
+        transport = self.transport
+        if transport is None:
+            if len(self._pending) >= _MAX_PENDING_FRAMES:
+                return False
+            self._pending.append(frame)
+            return True
+        transport.write(frame)
+        self.sent_total += len(frame)
+        queued = transport.get_write_buffer_size()
+        if queued:
+            if queued > self.max_send_queue:
+                self.abort(f"slow client: send queue over {self.max_send_queue} bytes")
+                return False
+            if self.blocked_since is None:
+                self.blocked_since = self._loop.time()
+                self.block_mark = self.sent_total
+        return True
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second: enforce read and write timeouts."""
+        if self.closing:
+            return
+        if self.read_timeout and now - self.last_read > self.read_timeout:
+            self.close(CLOSE_POLICY, f"read timeout: no frame for {self.read_timeout:g}s")
+            return
+        if self.blocked_since is None or self.transport is None:
+            return
+        queued = self.transport.get_write_buffer_size()
+        if queued == 0:
+            self.blocked_since = None
+        elif self.sent_total - queued >= self.block_mark:
+            # What was queued when the block began has gone out: progress.
+            self.blocked_since = now
+            self.block_mark = self.sent_total
+        elif self.write_timeout and now - self.blocked_since > self.write_timeout:
+            self.abort(f"slow client: a send stayed blocked over {self.write_timeout:g}s")

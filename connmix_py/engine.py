@@ -1,0 +1,119 @@
+"""The embedding API: one Engine builds, starts and stops everything from one
+configuration. The CLI and the tests use it the same way:
+
+    engine = Engine("connmix.yaml")
+    await engine.start()
+    engine.publish("user:1001", '{"msg":"hi"}')
+    await engine.stop()
+"""
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from .api import http as http_api
+from .api import ws as ws_api
+from .config import ConfigError, Settings, check_entries, load_settings
+from .hub import Hub
+from .ids import ClientIds
+from .lua.vm import LuaLoadError, LuaVM
+from .mesh import Mesh
+from .servers.websocket import WebSocketServer
+
+log = logging.getLogger("connmix.engine")
+
+
+class StartupError(Exception):
+    """The engine cannot start; the message is one clear line."""
+
+
+class Engine:
+    def __init__(self, config: str | Settings, node_id: int = 1) -> None:
+        self.settings = load_settings(config) if isinstance(config, str) else config
+        self.hub = Hub()
+        self.mesh = Mesh(self.hub)
+        self.ids = ClientIds(node_id)
+        self.servers: list[WebSocketServer] = []
+        self.vms: list[LuaVM] = []
+        self.api_port = self.settings.api_server.port
+        self._api_runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def load_scripts(self) -> list[LuaVM]:
+        """Create one Lua VM per server and load its entry (raises on error)."""
+        check_entries(self.settings)
+        vms = []
+        for server in self.settings.servers:
+            vm = LuaVM(server, self.hub, self.mesh, self._http_session)
+            vm.load()
+            vms.append(vm)
+        return vms
+
+    async def start(self) -> None:
+        """Load every script, then open every port. Raises StartupError."""
+        try:
+            self.vms = self.load_scripts()
+        except (ConfigError, LuaLoadError) as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            for server, vm in zip(self.settings.servers, self.vms):
+                ws_server = WebSocketServer(server, vm, self.hub, self.ids.next)
+                await ws_server.start()
+                self.servers.append(ws_server)
+                log.info("%s server on %s:%d%s, entry %s", server.protocol, server.bind,
+                         ws_server.port, server.path, server.entry)
+            await self._start_api()
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+
+    async def _start_api(self) -> None:
+        api = self.settings.api_server
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        http_api.add_routes(app, self.mesh, self.stats)
+        ws_api.add_routes(app, self.mesh)
+        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._api_runner.setup()
+        site = web.TCPSite(self._api_runner, api.bind, api.port, backlog=1024)
+        await site.start()
+        if api.port == 0:
+            self.api_port = site._server.sockets[0].getsockname()[1]
+        log.info("api server on %s:%d", api.bind, self.api_port)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
+        self.servers.clear()
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    # -- pushing from Python -----------------------------------------------------------
+
+    def publish(self, channel: str, data: str | bytes, type: str = "text") -> tuple[int, int]:
+        """Deliver to every subscriber of channel: (delivered, failed)."""
+        payload = data.encode() if isinstance(data, str) else data
+        return self.mesh.publish(channel, payload, type == "binary")
+
+    def send(self, client_id: str, data: str | bytes, type: str = "text") -> bool:
+        """Deliver to one client; False when it is unknown or closed."""
+        payload = data.encode() if isinstance(data, str) else data
+        return self.mesh.send(client_id, payload, type == "binary")
+
+    def stats(self) -> dict[str, int]:
+        return self.hub.stats()
+
+    def server_port(self, index: int = 0) -> int:
+        return self.servers[index].port

@@ -1,0 +1,35 @@
+"""WebSocket frames a server sends (RFC 6455, unmasked). Pure functions, no I/O.
+
+A publish encodes its frame once with these and writes the same bytes to
+every subscriber.
+"""
+from __future__ import annotations
+
+import struct
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+
+_FIN = 0x80
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+
+def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One final, unmasked frame carrying payload."""
+    first = _FIN | opcode
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return _LEN16.pack(first, 126, size) + payload
+    return _LEN64.pack(first, 127, size) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    return encode_frame(payload, OP_TEXT)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    return encode_frame(payload, OP_BINARY)

@@ -1,0 +1,137 @@
+"""The connection object's methods (conn:send, conn:subscribe, ...).
+
+Lua holds only the client id; every call looks the connection up, so no
+reference cycle ties a closed connection to the Lua state.
+"""
+from __future__ import annotations
+
+
+from ...conn import CLOSE_NORMAL
+from ..convert import ConversionError, from_lua
+from .mesh import frame_kind
+from .values import bad_argument, err, fail, lua_string
+
+CLOSED = b"connection closed"
+
+
+def valid_channel(channel) -> str | None:
+    """Channels are non-empty strings without spaces."""
+    if type(channel) is not bytes or not channel or b" " in channel:
+        return None
+    return channel.decode("utf-8", "replace")
+
+
+def bridge(vm) -> dict:
+    lookup, to_lua, hub = vm.lookup, vm.to_lua, vm.hub
+
+    def remote_addr(cid):
+        conn = lookup(cid)
+        return conn.remote_addr.encode() if conn else None
+
+    def context(cid):
+        conn = lookup(cid)
+        return to_lua(dict(conn.context)) if conn else to_lua({})
+
+    def context_value(cid, key=None):
+        conn = lookup(cid)
+        if conn is None or type(key) is not bytes:
+            return None
+        return to_lua(conn.context.get(key.decode("utf-8", "replace")))
+
+    def set_context(cid, table=None):
+        conn = lookup(cid)
+        if conn is None:
+            return CLOSED
+        try:
+            value = from_lua(table)
+        except ConversionError as exc:
+            return err(f"set_context: {exc}")
+        if not isinstance(value, dict):
+            if value != []:
+                return bad_argument(1, "set_context", "table", table)[1]
+            value = {}
+        conn.context = value
+        vm.context_changed(conn)
+        return None
+
+    def set_context_value(cid, key=None, value=None):
+        conn = lookup(cid)
+        if conn is None:
+            return CLOSED
+        name = lua_string(key)
+        if not name:
+            return bad_argument(1, "set_context_value", "string", key)[1]
+        try:
+            converted = from_lua(value)
+        except ConversionError as exc:
+            return err(f"set_context_value: {exc}")
+        name_text = name.decode("utf-8", "replace")
+        if converted is None:
+            conn.context.pop(name_text, None)
+        else:
+            conn.context[name_text] = converted
+        vm.context_changed(conn)
+        return None
+
+    def wait_context_value(cid, key=None, timeout=None):
+        conn = lookup(cid)
+        if conn is None:
+            return fail("connection closed")
+        name = lua_string(key)
+        if not name:
+            return bad_argument(1, "wait_context_value", "string", key)
+        if timeout is not None and (type(timeout) not in (int, float) or timeout < 0):
+            return bad_argument(2, "wait_context_value", "number of seconds", timeout)
+        name_text = name.decode("utf-8", "replace")
+
+        async def wait():
+            value = await vm.wait_context_value(conn, name_text, timeout)
+            return to_lua(value), None
+        return wait, None
+
+    def subscribe(cid, *channels):
+        return _change_subscriptions(cid, channels, "subscribe", hub.subscribe)
+
+    def unsubscribe(cid, *channels):
+        return _change_subscriptions(cid, channels, "unsubscribe", hub.unsubscribe)
+
+    def _change_subscriptions(cid, channels, fname, apply):
+        conn = lookup(cid)
+        if conn is None or conn.closing:
+            return CLOSED
+        names = []
+        for i, channel in enumerate(channels, 1):
+            name = valid_channel(channel)
+            if name is None:
+                return err(f"bad argument #{i} to '{fname}' (channel must be a non-empty string without spaces)")
+            names.append(name)
+        if not names:
+            return err(f"{fname}: no channel given")
+        for name in names:
+            apply(conn, name)
+        return None
+
+    def send(cid, data=None, kind=None):
+        conn = lookup(cid)
+        if conn is None:
+            return CLOSED
+        payload, binary = lua_string(data), frame_kind(kind)
+        if payload is None:
+            return bad_argument(1, "send", "string", data)[1]
+        if binary is None:
+            return bad_argument(2, "send", "'text' or 'binary'", kind)[1]
+        return None if conn.send(payload, binary) else CLOSED
+
+    def close(cid):
+        conn = lookup(cid)
+        if conn is None:
+            return CLOSED
+        conn.close(CLOSE_NORMAL)
+        return None
+
+    return {
+        "remote_addr": remote_addr, "context": context, "context_value": context_value,
+        "set_context": set_context, "set_context_value": set_context_value,
+        "wait_context_value": wait_context_value, "subscribe": subscribe,
+        "unsubscribe": unsubscribe, "send": send, "close": close,
+    }

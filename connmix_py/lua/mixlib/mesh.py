@@ -1,0 +1,41 @@
+"""mix.mesh.publish / mix.mesh.send: reach connections anywhere in the grid."""
+from __future__ import annotations
+
+from .values import bad_argument, err, lua_string
+
+
+def frame_kind(kind) -> bool | None:
+    """True for binary, False for text, None when the type is unknown."""
+    if kind is None or kind == b"text":
+        return False
+    if kind == b"binary":
+        return True
+    return None
+
+
+def bridge(vm) -> dict:
+    mesh = vm.mesh
+
+    def mesh_publish(channel=None, data=None, kind=None):
+        ch, payload, binary = lua_string(channel), lua_string(data), frame_kind(kind)
+        if not ch:
+            return bad_argument(1, "publish", "channel string", channel)
+        if payload is None:
+            return bad_argument(2, "publish", "string", data)
+        if binary is None:
+            return bad_argument(3, "publish", "'text' or 'binary'", kind)
+        return mesh.publish(ch.decode("utf-8", "replace"), payload, binary)
+
+    def mesh_send(client_id=None, data=None, kind=None):
+        cid, payload, binary = lua_string(client_id), lua_string(data), frame_kind(kind)
+        if not cid:
+            return bad_argument(1, "send", "client id string", client_id)[1]
+        if payload is None:
+            return bad_argument(2, "send", "string", data)[1]
+        if binary is None:
+            return bad_argument(3, "send", "'text' or 'binary'", kind)[1]
+        if not mesh.send(cid.decode("ascii", "replace"), payload, binary):
+            return err(f"send failed: client {cid.decode('ascii', 'replace')} not found or closed")
+        return None
+
+    return {"mesh_publish": mesh_publish, "mesh_send": mesh_send}

@@ -1,0 +1,136 @@
+-- The Lua side of the engine: builds the `mix` module, the connection objects
+-- and the callback dispatcher from the Python bridge `py`. Runs once per VM
+-- before the entry script; returns the functions the Python driver calls.
+local py = ...
+
+local create, resume, status, yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local traceback, rawget, type, setmetatable = debug.traceback, rawget, type, setmetatable
+
+-- A waiting call yields this marker and a Python handle; the driver awaits
+-- the handle on the event loop and resumes the coroutine with its results.
+local AWAIT = {}
+
+local function await(handle, err)
+    if handle == nil then
+        return nil, err
+    end
+    return yield(AWAIT, handle)
+end
+
+-- connection objects ---------------------------------------------------------
+
+local Conn = {}
+Conn.__index = Conn
+
+function Conn:client_id() return self.id end
+function Conn:remote_addr() return py.remote_addr(self.id) end
+function Conn:context() return py.context(self.id) end
+function Conn:context_value(key) return py.context_value(self.id, key) end
+function Conn:set_context(tb) return py.set_context(self.id, tb) end
+function Conn:set_context_value(key, value) return py.set_context_value(self.id, key, value) end
+function Conn:wait_context_value(key, timeout) return await(py.wait_context_value(self.id, key, timeout)) end
+function Conn:subscribe(...) return py.subscribe(self.id, ...) end
+function Conn:unsubscribe(...) return py.unsubscribe(self.id, ...) end
+function Conn:send(data, kind) return py.send(self.id, data, kind) end
+function Conn:close() return py.close(self.id) end
+
+local conns = {}
+local current = nil
+
+local function conn_object(id)
+    local c = conns[id]
+    if c == nil then
+        c = setmetatable({ id = id }, Conn)
+        conns[id] = c
+    end
+    return c
+end
+
+-- the mix module ---------------------------------------------------------------
+
+mix = {
+    DEBUG = "debug", INFO = "info", WARN = "warn", ERROR = "error",
+    log = py.log,
+    json_encode = py.json_encode,
+    json_decode = py.json_decode,
+    str_split = py.str_split,
+    http = {
+        request = function(method, url, opts) return await(py.http_request(method, url, opts)) end,
+    },
+    mesh = {
+        publish = py.mesh_publish,
+        send = py.mesh_send,
+    },
+    server = {
+        option = py.server_option,
+    },
+}
+
+function mix.websocket()
+    if current == nil then
+        return nil, "no current connection (called outside a callback)"
+    end
+    return conn_object(current)
+end
+
+-- CONNMIX's default script declares these as locals; the article's script
+-- uses them without declaring them, so they are globals too.
+mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO, mix.WARN, mix.ERROR
+
+-- the dispatcher ---------------------------------------------------------------
+
+local function enter(id)
+    current = id
+    conn = id and conn_object(id) or nil
+end
+
+-- Turns one resume into what the driver needs: ("done", value),
+-- ("error", message) or ("wait", coroutine, handle).
+local function step(co, ok, a, b)
+    if status(co) == "dead" then
+        enter(nil)
+        if not ok then return "error", a end
+        if a then return "done", b end
+        return "error", b
+    end
+    if a ~= AWAIT then
+        enter(nil)
+        return "error", "coroutine.yield called outside a coroutine of the script"
+    end
+    return "wait", co, b
+end
+
+local function run(fn, ...)
+    return xpcall(fn, traceback, ...)
+end
+
+local function dispatch(id, name, ...)
+    local fn = rawget(_G, name)
+    if type(fn) ~= "function" then
+        return "missing"
+    end
+    enter(id)
+    local co = create(run)
+    return step(co, resume(co, fn, ...))
+end
+
+local function dispatch_message(id, kind, data)
+    local fn = rawget(_G, "on_message")
+    if type(fn) ~= "function" then
+        return "missing"
+    end
+    enter(id)
+    local co = create(run)
+    return step(co, resume(co, fn, { type = kind, data = data, finish = true }, conn))
+end
+
+local function continue(co, id, ...)
+    enter(id)
+    return step(co, resume(co, ...))
+end
+
+local function forget(id)
+    conns[id] = nil
+end
+
+return dispatch, dispatch_message, continue, forget

@@ -1,0 +1,194 @@
+"""One Lua state per server entry: loading the script and running its callbacks.
+
+Each callback runs as a Lua coroutine. A waiting call (mix.http.request,
+conn:wait_context_value) yields a Python handle; ``_drive`` awaits it on the
+event loop and resumes the coroutine with the result, so a waiting callback
+never blocks other connections. Callers keep per-connection order by
+awaiting one callback before starting the next.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+from lupa import luajit21 as lupa_rt
+
+from ..config import ServerSettings
+from ..conn import CLOSE_INTERNAL_ERROR, Connection
+from .convert import make_to_lua
+from .mixlib import conn as conn_lib
+from .mixlib import http as http_lib
+from .mixlib import json as json_lib
+from .mixlib import log as log_lib
+from .mixlib import mesh as mesh_lib
+from .mixlib import server as server_lib
+from .mixlib import strings as strings_lib
+
+log = logging.getLogger("connmix.lua")
+
+PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
+BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib)
+
+
+class LuaLoadError(Exception):
+    """The entry script cannot be loaded; the message names file and line."""
+
+
+def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
+    # Scripts get Python functions only to call them, never to look inside.
+    raise AttributeError("access to Python attributes is not allowed")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class LuaVM:
+    def __init__(self, settings: ServerSettings, hub, mesh,
+                 http_session: Callable[[], aiohttp.ClientSession]) -> None:
+        self.settings = settings
+        self.name = os.path.basename(settings.entry)
+        self.hub = hub
+        self.mesh = mesh
+        self.http_session = http_session
+        self.runtime: lupa_rt.LuaRuntime | None = None
+        self.to_lua: Callable[[Any], Any] = lambda v: v
+        self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
+        self._current: Connection | None = None
+
+    # -- loading ---------------------------------------------------------------
+
+    def load(self) -> None:
+        """Create the state and run the entry script. Raises LuaLoadError."""
+        runtime = lupa_rt.LuaRuntime(encoding=None, unpack_returned_tuples=True,
+                                     register_eval=False, register_builtins=False,
+                                     attribute_filter=_deny_attributes)
+        self.runtime = runtime
+        self.to_lua = make_to_lua(runtime.table_from)
+        bridge: dict[str, Any] = {}
+        for module in BRIDGES:
+            bridge.update(module.bridge(self))
+        py = runtime.table_from({k.encode(): v for k, v in bridge.items()})
+        folder = os.path.dirname(self.settings.entry)
+        package = runtime.globals().package
+        package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
+        with open(PRELUDE, "rb") as f:
+            prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
+        self._dispatch, self._dispatch_message, self._continue, self._forget = prelude(py)
+        loader = runtime.eval("""function(path)
+            local chunk, err = loadfile(path)
+            if not chunk then return false, err end
+            local ok, err = xpcall(chunk, debug.traceback)
+            return ok, err
+        end""")
+        ok, message = loader(self.settings.entry.encode())
+        if not ok:
+            raise LuaLoadError(_text(message))
+
+    # -- calling callbacks -------------------------------------------------------
+
+    def lookup(self, cid: bytes) -> Connection | None:
+        current = self._current
+        if current is not None and current.id_bytes == cid:
+            return current
+        return self.hub.get(cid.decode("ascii", "replace")) if type(cid) is bytes else None
+
+    def call_message(self, conn: Connection, binary: bool, data: bytes) -> Awaitable | None:
+        """Run on_message; None when it finished at once, else an awaitable."""
+        self._current = conn
+        outcome = self._dispatch_message(conn.id_bytes, b"binary" if binary else b"text", data)
+        return self._settle(conn, "on_message", outcome)
+
+    def call(self, conn: Connection, name: str, *args: Any) -> Awaitable | None:
+        """Run a callback by name; same contract as call_message."""
+        self._current = conn
+        outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
+        return self._settle(conn, name, outcome)
+
+    async def call_for_result(self, conn: Connection, name: str, *args: Any) -> Any:
+        """Run a callback and return its (first) return value; None on error."""
+        self._current = conn
+        outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
+        if type(outcome) is tuple and outcome[0] == b"wait":
+            outcome = await self._drive(conn, outcome[1], outcome[2])
+        return self._finish(conn, name, outcome)
+
+    def _settle(self, conn: Connection, name: str, outcome: Any) -> Awaitable | None:
+        if type(outcome) is tuple and outcome[0] == b"wait":
+            return self._drive_and_finish(conn, name, outcome[1], outcome[2])
+        self._finish(conn, name, outcome)
+        return None
+
+    async def _drive_and_finish(self, conn: Connection, name: str, co: Any, handle: Any) -> None:
+        self._finish(conn, name, await self._drive(conn, co, handle))
+
+    async def _drive(self, conn: Connection, co: Any, handle: Any) -> Any:
+        while True:
+            try:
+                result = await handle()
+            except Exception as exc:  # a bug of ours: give the script an error value
+                log.exception("waiting call failed")
+                result = (None, f"internal error: {exc}".encode())
+            self._current = conn
+            outcome = self._continue(co, conn.id_bytes, *result)
+            if type(outcome) is tuple and outcome[0] == b"wait":
+                co, handle = outcome[1], outcome[2]
+                continue
+            return outcome
+
+    def _finish(self, conn: Connection, name: str, outcome: Any) -> Any:
+        self._current = None
+        if outcome == b"missing":
+            return None
+        state, value = outcome[0], outcome[1] if len(outcome) > 1 else None
+        if state == b"done":
+            return value
+        message = _text(value)
+        log.error("%s: %s failed for client %s: %s", self.name, name, conn.client_id, message)
+        if name != "on_close":
+            conn.close(CLOSE_INTERNAL_ERROR, f"lua error: {message.splitlines()[0]}")
+        return None
+
+    def has(self, name: str) -> bool:
+        return self.runtime.globals()[name.encode()] is not None
+
+    # -- connection lifetime -----------------------------------------------------
+
+    def forget(self, conn: Connection) -> None:
+        """Drop the Lua-side state of a closed connection and end its waits."""
+        self._forget(conn.id_bytes)
+        for key in [k for k in self._waiters if k[0] == conn.client_id]:
+            for waiter in self._waiters.pop(key):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def context_changed(self, conn: Connection) -> None:
+        """Wake wait_context_value calls whose key is now set."""
+        if not self._waiters:
+            return
+        for key in [k for k in self._waiters if k[0] == conn.client_id]:
+            value = conn.context.get(key[1])
+            if value is not None:
+                for waiter in self._waiters.pop(key):
+                    if not waiter.done():
+                        waiter.set_result(value)
+
+    async def wait_context_value(self, conn: Connection, key: str, timeout: float | None) -> Any:
+        value = conn.context.get(key)
+        if value is not None or conn.closing:
+            return value
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault((conn.client_id, key), []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout) if timeout else await waiter
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get((conn.client_id, key))
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[(conn.client_id, key)]
