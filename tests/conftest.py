@@ -1,0 +1,109 @@
+"""Shared fixtures: real engines on real ports, real websocket/HTTP clients."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import textwrap
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from connmix_py import Engine, parse_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_DIR = os.path.join(ROOT, "examples", "message-center")
+
+
+def load_example_module(name: str, folder: str = EXAMPLE_DIR):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def engine_config(entry: str, **server: Any) -> dict:
+    """A one-server configuration on free ports (port 0)."""
+    conf = {"port": 0, "bind": "127.0.0.1", "protocol": "websocket",
+            "options": [{"name": "path", "value": "/ws"}], "entry": entry}
+    conf.update(server)
+    return {"engine": {"apiServer": {"port": 0, "bind": "127.0.0.1"}, "servers": [conf]}}
+
+
+class Running:
+    """An engine started from a script; helpers to talk to it."""
+
+    def __init__(self, engine: Engine, session: aiohttp.ClientSession, path: str) -> None:
+        self.engine = engine
+        self.session = session
+        self.path = path
+
+    @property
+    def ws_url(self) -> str:
+        return f"http://127.0.0.1:{self.engine.server_port()}{self.path}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.engine.api_port}"
+
+    async def connect(self, **kwargs) -> aiohttp.ClientWebSocketResponse:
+        return await self.session.ws_connect(self.ws_url, **kwargs)
+
+    async def api(self, path: str, body: Any) -> dict:
+        data = body if isinstance(body, (str, bytes)) else None
+        async with self.session.post(self.api_url + path, data=data,
+                                     json=None if data is not None else body) as resp:
+            return await resp.json()
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def start_engine(tmp_path, session):
+    """start_engine(lua_source, **server_settings) -> Running."""
+    engines: list[Engine] = []
+
+    async def start(script: str, **server: Any) -> Running:
+        entry = tmp_path / f"entry{len(engines)}.lua"
+        entry.write_text(textwrap.dedent(script))
+        conf = engine_config(str(entry), **server)
+        engine = Engine(parse_settings(conf, base_dir=str(tmp_path)))
+        await engine.start()
+        engines.append(engine)
+        return Running(engine, session, conf["engine"]["servers"][0]["options"][0]["value"])
+
+    yield start
+    for engine in engines:
+        await engine.stop()
+
+
+class AuthApi:
+    """The example's auth API, running; ``config`` changes its behaviour live."""
+
+    def __init__(self, module) -> None:
+        self.app = module.make_app()
+        self.config = self.app[module.CONFIG]
+        self.runner = web.AppRunner(self.app, access_log=None)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 8000).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def auth_app():
+    """The example's auth API on 127.0.0.1:8000, where the article's Lua calls it."""
+    api = AuthApi(load_example_module("auth_app"))
+    await api.start()
+    yield api
+    await api.stop()
