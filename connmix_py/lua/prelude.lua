@@ -77,6 +77,50 @@ end
 -- uses them without declaring them, so they are globals too.
 mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO, mix.WARN, mix.ERROR
 
+-- budgets ------------------------------------------------------------------------
+-- A count hook stops a callback that runs too long or grows Lua memory past
+-- its budget. Hooks do not fire inside JIT traces, so the VM runs with the
+-- JIT off (the Python side calls jit.off()). Once over budget the hook fires
+-- on every instruction, so a script's own pcall cannot swallow the error.
+
+local clock, sethook, collect, running = os.clock, debug.sethook, collectgarbage, coroutine.running
+local HOOK_EVERY = 10000
+local cpu_budget, memory_budget_kb = 1.0, 0
+local active, deadline = nil, nil
+
+local function check_budget()
+    if active == nil or running() ~= active then
+        return
+    end
+    local message
+    if clock() > deadline then
+        message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s"
+    elseif memory_budget_kb > 0 and collect("count") > memory_budget_kb then
+        collect()
+        if collect("count") > memory_budget_kb then
+            message = "Lua memory exceeded its budget of " .. math.floor(memory_budget_kb / 1024) .. " MB"
+        end
+    end
+    if message then
+        sethook(check_budget, "", 1)
+        error(message, 2)
+    end
+end
+
+local function set_budgets(cpu_seconds, memory_mb)
+    cpu_budget, memory_budget_kb = cpu_seconds, memory_mb * 1024
+    sethook(check_budget, "", HOOK_EVERY)
+end
+
+-- Runs one slice of a callback (up to its end or its next wait) under the budgets.
+local function run_slice(co, ...)
+    active, deadline = co, clock() + cpu_budget
+    local ok, a, b = resume(co, ...)
+    active, deadline = nil, nil
+    sethook(check_budget, "", HOOK_EVERY)
+    return ok, a, b
+end
+
 -- the dispatcher ---------------------------------------------------------------
 
 local function enter(id)
@@ -84,7 +128,7 @@ local function enter(id)
     conn = id and conn_object(id) or nil
 end
 
--- Turns one resume into what the driver needs: ("done", value),
+-- Turns one slice into what the driver needs: ("done", value),
 -- ("error", message) or ("wait", coroutine, handle).
 local function step(co, ok, a, b)
     if status(co) == "dead" then
@@ -111,7 +155,7 @@ local function dispatch(id, name, ...)
     end
     enter(id)
     local co = create(run)
-    return step(co, resume(co, fn, ...))
+    return step(co, run_slice(co, fn, ...))
 end
 
 local function dispatch_message(id, kind, data)
@@ -121,16 +165,22 @@ local function dispatch_message(id, kind, data)
     end
     enter(id)
     local co = create(run)
-    return step(co, resume(co, fn, { type = kind, data = data, finish = true }, conn))
+    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, conn))
 end
 
 local function continue(co, id, ...)
     enter(id)
-    return step(co, resume(co, ...))
+    return step(co, run_slice(co, ...))
+end
+
+-- Loads and runs a chunk (the entry script) as a callback, under the budgets.
+local function load_chunk(chunk)
+    local co = create(run)
+    return step(co, run_slice(co, chunk))
 end
 
 local function forget(id)
     conns[id] = nil
 end
 
-return dispatch, dispatch_message, continue, forget
+return dispatch, dispatch_message, continue, forget, load_chunk, set_budgets

@@ -30,6 +30,9 @@ from .mixlib import strings as strings_lib
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
+# Per callback slice (up to its end or next wait), and per VM.
+DEFAULT_CPU_BUDGET = 1.0
+DEFAULT_MEMORY_BUDGET_MB = 256
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib)
 
 
@@ -48,8 +51,12 @@ def _text(value: Any) -> str:
 
 class LuaVM:
     def __init__(self, settings: ServerSettings, hub, mesh,
-                 http_session: Callable[[], aiohttp.ClientSession]) -> None:
+                 http_session: Callable[[], aiohttp.ClientSession],
+                 cpu_budget: float = DEFAULT_CPU_BUDGET,
+                 memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB) -> None:
         self.settings = settings
+        self.cpu_budget = cpu_budget
+        self.memory_budget_mb = memory_budget_mb
         self.name = os.path.basename(settings.entry)
         self.hub = hub
         self.mesh = mesh
@@ -77,16 +84,20 @@ class LuaVM:
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
         with open(PRELUDE, "rb") as f:
             prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
-        self._dispatch, self._dispatch_message, self._continue, self._forget = prelude(py)
-        loader = runtime.eval("""function(path)
-            local chunk, err = loadfile(path)
-            if not chunk then return false, err end
-            local ok, err = xpcall(chunk, debug.traceback)
-            return ok, err
-        end""")
-        ok, message = loader(self.settings.entry.encode())
-        if not ok:
-            raise LuaLoadError(_text(message))
+        (self._dispatch, self._dispatch_message, self._continue, self._forget,
+         load_chunk, set_budgets) = prelude(py)
+        # Budgets rely on a count hook, which JIT-compiled loops never call.
+        runtime.execute(b"if jit then jit.off(); jit.flush() end")
+        set_budgets(self.cpu_budget, self.memory_budget_mb)
+        loaded = runtime.globals().loadfile(self.settings.entry.encode())
+        if type(loaded) is tuple:  # nil, message
+            raise LuaLoadError(_text(loaded[1]))
+        outcome = load_chunk(loaded)
+        if outcome[0] == b"wait":
+            raise LuaLoadError(f"{self.settings.entry}: waiting calls (mix.http.request ...) "
+                               "cannot run while the script loads; call them in callbacks")
+        if outcome[0] == b"error":
+            raise LuaLoadError(_text(outcome[1]))
 
     # -- calling callbacks -------------------------------------------------------
 
