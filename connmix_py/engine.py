@@ -8,6 +8,7 @@ configuration. The CLI and the tests use it the same way:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -40,6 +41,7 @@ class Engine:
         self.api_port = self.settings.api_server.port
         self._api_runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._watchers: list[asyncio.Task] = []
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -67,6 +69,9 @@ class Engine:
                 log.info("%s server on %s:%d%s, entry %s", server.protocol, server.bind,
                          ws_server.port, server.path, server.entry)
             await self._start_api()
+            for server, vm in zip(self.settings.servers, self.vms):
+                if server.byte_code_expires > 0:
+                    self._watchers.append(asyncio.create_task(self._watch(vm, server.byte_code_expires)))
         except OSError as exc:
             await self.stop()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
@@ -84,7 +89,17 @@ class Engine:
             self.api_port = site._server.sockets[0].getsockname()[1]
         log.info("api server on %s:%d", api.bind, self.api_port)
 
+    @staticmethod
+    async def _watch(vm: LuaVM, every: float) -> None:
+        """Hot update: check the scripts for changes every `every` seconds."""
+        while True:
+            await asyncio.sleep(every)
+            vm.reload_if_changed()
+
     async def stop(self) -> None:
+        for watcher in self._watchers:
+            watcher.cancel()
+        self._watchers.clear()
         for server in self.servers:
             await server.stop()
         self.servers.clear()

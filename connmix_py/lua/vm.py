@@ -45,6 +45,17 @@ def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("access to Python attributes is not allowed")
 
 
+def file_times(paths: list[str]) -> dict[str, int]:
+    """Modification times of files (what hot update watches); missing -> -1."""
+    times = {}
+    for path in paths:
+        try:
+            times[path] = os.stat(path).st_mtime_ns
+        except OSError:
+            times[path] = -1
+    return times
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -65,11 +76,43 @@ class LuaVM:
         self.to_lua: Callable[[Any], Any] = lambda v: v
         self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
         self._current: Connection | None = None
+        self._sources: dict[str, int] = {}
 
     # -- loading ---------------------------------------------------------------
 
     def load(self) -> None:
-        """Create the state and run the entry script. Raises LuaLoadError."""
+        """Create a state and run the entry script in it; on success it
+        replaces the current state. Raises LuaLoadError (the old state, if
+        any, keeps serving)."""
+        previous = (self.runtime, self.to_lua)
+        sources = file_times([self.settings.entry])
+        try:
+            functions = self._build_state()
+        except LuaLoadError:
+            self.runtime, self.to_lua = previous
+            raise
+        # Callbacks waiting in the old state finish there: _drive keeps the
+        # continue function of the state it started in.
+        (self._dispatch, self._dispatch_message, self._continue, self._forget) = functions
+        sources.update(file_times(self._required_files()))
+        self._sources = sources
+
+    def _required_files(self) -> list[str]:
+        """The files behind the modules the script required from its folder."""
+        folder = os.path.dirname(self.settings.entry)
+        files = []
+        for name in self.runtime.globals().package.loaded.keys():
+            if type(name) is not bytes:
+                continue
+            relative = name.decode("utf-8", "replace").replace(".", "/")
+            for candidate in (f"{relative}.lua", f"{relative}/init.lua"):
+                path = os.path.join(folder, candidate)
+                if os.path.isfile(path):
+                    files.append(path)
+                    break
+        return files
+
+    def _build_state(self) -> tuple:
         runtime = lupa_rt.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                      register_eval=False, register_builtins=False,
                                      attribute_filter=_deny_attributes)
@@ -84,8 +127,7 @@ class LuaVM:
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
         with open(PRELUDE, "rb") as f:
             prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
-        (self._dispatch, self._dispatch_message, self._continue, self._forget,
-         load_chunk, set_budgets) = prelude(py)
+        dispatch, dispatch_message, cont, forget, load_chunk, set_budgets = prelude(py)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
         set_budgets(self.cpu_budget, self.memory_budget_mb)
@@ -98,6 +140,22 @@ class LuaVM:
                                "cannot run while the script loads; call them in callbacks")
         if outcome[0] == b"error":
             raise LuaLoadError(_text(outcome[1]))
+        return dispatch, dispatch_message, cont, forget
+
+    def reload_if_changed(self) -> bool:
+        """Hot update: load the scripts again if a .lua file beside the entry
+        changed. A broken new version is logged and the old one keeps serving."""
+        sources = file_times(list(self._sources))
+        if sources == self._sources:
+            return False
+        self._sources = sources  # do not retry the same broken files every tick
+        try:
+            self.load()
+        except LuaLoadError as exc:
+            log.error("%s: hot update rejected, the previous version keeps serving: %s", self.name, exc)
+            return False
+        log.info("%s: hot update loaded", self.name)
+        return True
 
     # -- calling callbacks -------------------------------------------------------
 
@@ -137,6 +195,7 @@ class LuaVM:
         self._finish(conn, name, await self._drive(conn, co, handle))
 
     async def _drive(self, conn: Connection, co: Any, handle: Any) -> Any:
+        cont = self._continue  # the state this callback started in, even after a hot update
         while True:
             try:
                 result = await handle()
@@ -144,7 +203,7 @@ class LuaVM:
                 log.exception("waiting call failed")
                 result = (None, f"internal error: {exc}".encode())
             self._current = conn
-            outcome = self._continue(co, conn.id_bytes, *result)
+            outcome = cont(co, conn.id_bytes, *result)
             if type(outcome) is tuple and outcome[0] == b"wait":
                 co, handle = outcome[1], outcome[2]
                 continue
