@@ -60,9 +60,22 @@ class ServerSettings:
 
 
 @dataclass
+class LuaVmSettings:
+    # ours: Lua CPU seconds a callback may run before it is stopped (per run
+    # between waits), and Lua memory per VM in MB; sandbox removes os.execute,
+    # io.*, load*/dofile from scripts.
+    cpu_budget: float = 1.0
+    memory_budget: int = 256
+    sandbox: bool = False
+    queue_topic_size: int = 2000
+    queue_max_topics: int = 100
+
+
+@dataclass
 class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     api_server: ApiServerSettings = field(default_factory=ApiServerSettings)
+    luavm: LuaVmSettings = field(default_factory=LuaVmSettings)
     servers: list[ServerSettings] = field(default_factory=list)
     base_dir: str = "."
     source: str = "<settings>"
@@ -134,8 +147,26 @@ _SERVER_KEYS = {
     "maxMessageSize": ("max_message_size", _positive_int),
     "maxSendQueue": ("max_send_queue", _positive_int),
 }
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _positive_seconds(key: str, value: Any) -> float:
+    if _seconds(key, value) <= 0:
+        raise ConfigError(f"{key}: expected a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+_LUAVM_KEYS = {"cpuBudget": ("cpu_budget", _positive_seconds),
+               "memoryBudget": ("memory_budget", _positive_int),
+               "sandbox": ("sandbox", _flag)}
+_QUEUE_KEYS = {"topicSize": ("queue_topic_size", _positive_int),
+               "maxTopics": ("queue_max_topics", _positive_int)}
 # Sections CONNMIX has that later parts of the engine read; accepted silently here.
 _KNOWN_SECTIONS = {"access", "luavm", "broker"}
+_LUAVM_SECTIONS = {"queue", "redis"}
 
 
 def _apply(target: Any, data: Any, keys: dict, where: str, warn: set[str]) -> None:
@@ -171,6 +202,12 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
         if key not in ("apiServer", "servers") and key not in _KNOWN_SECTIONS:
             unknown.add(f"engine.{key}")
     _apply(settings.api_server, engine.get("apiServer"), _API_KEYS, "engine.apiServer", unknown)
+    luavm = engine.get("luavm") or {}
+    if not isinstance(luavm, dict):
+        raise ConfigError("engine.luavm: expected a mapping")
+    _apply(settings.luavm, {k: v for k, v in luavm.items() if k not in _LUAVM_SECTIONS},
+           _LUAVM_KEYS, "engine.luavm", unknown)
+    _apply(settings.luavm, luavm.get("queue"), _QUEUE_KEYS, "engine.luavm.queue", unknown)
     servers = engine.get("servers") or []
     if not isinstance(servers, list):
         raise ConfigError("engine.servers: expected a list")

@@ -50,7 +50,7 @@ class Engine:
         check_entries(self.settings)
         vms = []
         for server in self.settings.servers:
-            vm = LuaVM(server, self.hub, self.mesh, self._http_session)
+            vm = LuaVM(server, self.hub, self.mesh, self._http_session, self.settings.luavm)
             vm.load()
             vms.append(vm)
         return vms

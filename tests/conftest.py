@@ -25,12 +25,15 @@ def load_example_module(name: str, folder: str = EXAMPLE_DIR):
     return module
 
 
-def engine_config(entry: str, **server: Any) -> dict:
+def engine_config(entry: str, luavm: dict | None = None, **server: Any) -> dict:
     """A one-server configuration on free ports (port 0)."""
     conf = {"port": 0, "bind": "127.0.0.1", "protocol": "websocket",
             "options": [{"name": "path", "value": "/ws"}], "entry": entry}
     conf.update(server)
-    return {"engine": {"apiServer": {"port": 0, "bind": "127.0.0.1"}, "servers": [conf]}}
+    engine = {"apiServer": {"port": 0, "bind": "127.0.0.1"}, "servers": [conf]}
+    if luavm is not None:
+        engine["luavm"] = luavm
+    return {"engine": engine}
 
 
 class Running:
@@ -67,13 +70,13 @@ async def session():
 
 @pytest.fixture
 async def start_engine(tmp_path, session):
-    """start_engine(lua_source, **server_settings) -> Running."""
+    """start_engine(lua_source, luavm=None, **server_settings) -> Running."""
     engines: list[Engine] = []
 
-    async def start(script: str, **server: Any) -> Running:
+    async def start(script: str, luavm: dict | None = None, **server: Any) -> Running:
         entry = tmp_path / f"entry{len(engines)}.lua"
         entry.write_text(textwrap.dedent(script))
-        conf = engine_config(str(entry), **server)
+        conf = engine_config(str(entry), luavm, **server)
         engine = Engine(parse_settings(conf, base_dir=str(tmp_path)))
         await engine.start()
         engines.append(engine)

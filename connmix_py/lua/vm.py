@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from lupa import luajit21 as lupa_rt
 
-from ..config import ServerSettings
+from ..config import LuaVmSettings, ServerSettings
 from ..conn import CLOSE_INTERNAL_ERROR, Connection
 from .convert import make_to_lua
 from .mixlib import conn as conn_lib
@@ -30,10 +30,18 @@ from .mixlib import strings as strings_lib
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
-# Per callback slice (up to its end or next wait), and per VM.
-DEFAULT_CPU_BUDGET = 1.0
-DEFAULT_MEMORY_BUDGET_MB = 256
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib)
+
+
+# Multi-tenant deployments: no processes, files or loading of code by scripts.
+SANDBOX = b"""
+os.execute, os.exit, os.remove, os.rename, os.tmpname, os.getenv = nil, nil, nil, nil, nil, nil
+io = nil
+load, loadstring, loadfile, dofile = nil, nil, nil, nil
+package.loadlib = nil
+debug = { traceback = debug.traceback }  -- no sethook: budgets stay on
+jit = nil
+"""
 
 
 class LuaLoadError(Exception):
@@ -63,11 +71,9 @@ def _text(value: Any) -> str:
 class LuaVM:
     def __init__(self, settings: ServerSettings, hub, mesh,
                  http_session: Callable[[], aiohttp.ClientSession],
-                 cpu_budget: float = DEFAULT_CPU_BUDGET,
-                 memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB) -> None:
+                 luavm: LuaVmSettings | None = None) -> None:
         self.settings = settings
-        self.cpu_budget = cpu_budget
-        self.memory_budget_mb = memory_budget_mb
+        self.luavm = luavm or LuaVmSettings()
         self.name = os.path.basename(settings.entry)
         self.hub = hub
         self.mesh = mesh
@@ -130,8 +136,11 @@ class LuaVM:
         dispatch, dispatch_message, cont, forget, load_chunk, set_budgets = prelude(py)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
-        set_budgets(self.cpu_budget, self.memory_budget_mb)
-        loaded = runtime.globals().loadfile(self.settings.entry.encode())
+        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget)
+        loadfile = runtime.globals().loadfile
+        if self.luavm.sandbox:
+            runtime.execute(SANDBOX)
+        loaded = loadfile(self.settings.entry.encode())
         if type(loaded) is tuple:  # nil, message
             raise LuaLoadError(_text(loaded[1]))
         outcome = load_chunk(loaded)
