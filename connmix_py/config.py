@@ -60,6 +60,15 @@ class ServerSettings:
 
 
 @dataclass
+class RedisSettings:
+    name: str = "default"
+    addr: str = "localhost:6379"
+    password: str = ""
+    db: int = 0
+    pool_size: int = 20
+
+
+@dataclass
 class LuaVmSettings:
     # ours: Lua CPU seconds a callback may run before it is stopped (per run
     # between waits), and Lua memory per VM in MB; sandbox removes os.execute,
@@ -69,6 +78,7 @@ class LuaVmSettings:
     sandbox: bool = False
     queue_topic_size: int = 2000
     queue_max_topics: int = 100
+    redis: list[RedisSettings] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +179,31 @@ _KNOWN_SECTIONS = {"access", "luavm", "broker"}
 _LUAVM_SECTIONS = {"queue", "redis"}
 
 
+def _non_negative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _addr(key: str, value: Any) -> str:
+    host, _, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not host or not port.isdigit():
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return value
+
+
+def _password(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+_REDIS_KEYS = {"name": ("name", _string), "addr": ("addr", _addr), "password": ("password", _password),
+               "db": ("db", _non_negative_int), "poolSize": ("pool_size", _positive_int)}
+
+
 def _apply(target: Any, data: Any, keys: dict, where: str, warn: set[str]) -> None:
     if data is None:
         return
@@ -208,6 +243,15 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
     _apply(settings.luavm, {k: v for k, v in luavm.items() if k not in _LUAVM_SECTIONS},
            _LUAVM_KEYS, "engine.luavm", unknown)
     _apply(settings.luavm, luavm.get("queue"), _QUEUE_KEYS, "engine.luavm.queue", unknown)
+    redis = luavm.get("redis") or []
+    if not isinstance(redis, list):
+        raise ConfigError("engine.luavm.redis: expected a list")
+    for i, raw in enumerate(redis):
+        entry = RedisSettings()
+        _apply(entry, raw, _REDIS_KEYS, f"engine.luavm.redis[{i}]", unknown)
+        if any(other.name == entry.name for other in settings.luavm.redis):
+            raise ConfigError(f"engine.luavm.redis[{i}].name: {entry.name!r} is defined twice")
+        settings.luavm.redis.append(entry)
     servers = engine.get("servers") or []
     if not isinstance(servers, list):
         raise ConfigError("engine.servers: expected a list")

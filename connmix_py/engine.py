@@ -21,6 +21,8 @@ from .hub import Hub
 from .ids import ClientIds
 from .lua.vm import LuaLoadError, LuaVM
 from .mesh import Mesh
+from .queue import Queues
+from .redis_pools import RedisPools
 from .servers.websocket import WebSocketServer
 
 log = logging.getLogger("connmix.engine")
@@ -36,6 +38,9 @@ class Engine:
         self.hub = Hub()
         self.mesh = Mesh(self.hub)
         self.ids = ClientIds(node_id)
+        luavm = self.settings.luavm
+        self.queues = Queues(luavm.queue_topic_size, luavm.queue_max_topics)
+        self.redis = RedisPools(luavm.redis)
         self.servers: list[WebSocketServer] = []
         self.vms: list[LuaVM] = []
         self.api_port = self.settings.api_server.port
@@ -50,7 +55,8 @@ class Engine:
         check_entries(self.settings)
         vms = []
         for server in self.settings.servers:
-            vm = LuaVM(server, self.hub, self.mesh, self._http_session, self.settings.luavm)
+            vm = LuaVM(server, self.hub, self.mesh, self._http_session, self.settings.luavm,
+                       self.queues, self.redis)
             vm.load()
             vms.append(vm)
         return vms
@@ -61,20 +67,23 @@ class Engine:
             self.vms = self.load_scripts()
         except (ConfigError, LuaLoadError) as exc:
             raise StartupError(str(exc)) from None
+        where = "engine.apiServer"  # names the key in a "cannot listen" error
         try:
-            for server, vm in zip(self.settings.servers, self.vms):
+            for i, (server, vm) in enumerate(zip(self.settings.servers, self.vms)):
+                where = f"engine.servers[{i}]"
                 ws_server = WebSocketServer(server, vm, self.hub, self.ids.next)
                 await ws_server.start()
                 self.servers.append(ws_server)
                 log.info("%s server on %s:%d%s, entry %s", server.protocol, server.bind,
                          ws_server.port, server.path, server.entry)
+            where = "engine.apiServer"
             await self._start_api()
             for server, vm in zip(self.settings.servers, self.vms):
                 if server.byte_code_expires > 0:
                     self._watchers.append(asyncio.create_task(self._watch(vm, server.byte_code_expires)))
         except OSError as exc:
             await self.stop()
-            raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+            raise StartupError(f"{where}.port: cannot listen: {exc.strerror or exc}") from None
 
     async def _start_api(self) -> None:
         api = self.settings.api_server
@@ -109,6 +118,7 @@ class Engine:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        await self.redis.close()
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:

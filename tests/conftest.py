@@ -62,6 +62,15 @@ class Running:
             return await resp.json()
 
 
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real Redis-protocol server on a free port, for the whole run."""
+    from tests.redis_server import RedisServer
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 async def session():
     async with aiohttp.ClientSession() as s:

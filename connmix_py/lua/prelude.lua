@@ -64,7 +64,24 @@ mix = {
     server = {
         option = py.server_option,
     },
+    queue = {
+        push = py.queue_push,
+    },
+    redis = {},
 }
+
+local Redis = {}
+Redis.__index = Redis
+
+function Redis:command(...) return await(py.redis_command(self.name, ...)) end
+
+function mix.redis.connection(name)
+    local ok, err = py.redis_check(name)
+    if not ok then
+        return nil, err
+    end
+    return setmetatable({ name = name }, Redis)
+end
 
 function mix.websocket()
     if current == nil then

@@ -18,19 +18,23 @@ from lupa import luajit21 as lupa_rt
 
 from ..config import LuaVmSettings, ServerSettings
 from ..conn import CLOSE_INTERNAL_ERROR, Connection
+from ..queue import Queues
+from ..redis_pools import RedisPools
 from .convert import make_to_lua
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
 from .mixlib import json as json_lib
 from .mixlib import log as log_lib
 from .mixlib import mesh as mesh_lib
+from .mixlib import queue as queue_lib
+from .mixlib import redis as redis_lib
 from .mixlib import server as server_lib
 from .mixlib import strings as strings_lib
 
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
-BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib)
+BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib)
 
 
 # Multi-tenant deployments: no processes, files or loading of code by scripts.
@@ -71,9 +75,12 @@ def _text(value: Any) -> str:
 class LuaVM:
     def __init__(self, settings: ServerSettings, hub, mesh,
                  http_session: Callable[[], aiohttp.ClientSession],
-                 luavm: LuaVmSettings | None = None) -> None:
+                 luavm: LuaVmSettings | None = None, queues: Queues | None = None,
+                 redis: RedisPools | None = None) -> None:
         self.settings = settings
         self.luavm = luavm or LuaVmSettings()
+        self.queues = queues or Queues(self.luavm.queue_topic_size, self.luavm.queue_max_topics)
+        self.redis = redis or RedisPools(self.luavm.redis)
         self.name = os.path.basename(settings.entry)
         self.hub = hub
         self.mesh = mesh
