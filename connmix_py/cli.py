@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup_console()
     if args.command == "check":
         return check(args.file)
-    return run(serve(args.file, args.command))
+    try:
+        return run(serve(args.file, args.command))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+        return 130
 
 
 if __name__ == "__main__":

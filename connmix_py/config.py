@@ -260,26 +260,37 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
         _apply(server, raw, _SERVER_KEYS, f"engine.servers[{i}]", unknown)
         server.entry = os.path.normpath(os.path.join(settings.base_dir, server.entry))
         settings.servers.append(server)
-    ports = [settings.api_server.port] + [s.port for s in settings.servers]
-    for port in ports:
-        if port and ports.count(port) > 1:
-            raise ConfigError(f"engine: port {port} is used by more than one server")
+    _check_ports(settings)
     for key in sorted(unknown):
         log.warning("%s: unknown key %s is ignored", source, key)
     return settings
 
 
+def _check_ports(settings: Settings) -> None:
+    """Two listeners on one port (0, any free port, excepted)."""
+    owners = {settings.api_server.port: "engine.apiServer.port"} if settings.api_server.port else {}
+    for i, server in enumerate(settings.servers):
+        key = f"engine.servers[{i}].port"
+        if server.port in owners:
+            raise ConfigError(f"{key}: port {server.port} is already used by {owners[server.port]}")
+        if server.port:
+            owners[server.port] = key
+
+
 def load_settings(path: str) -> Settings:
     """Read and validate a connmix.yaml file. Raises ConfigError."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:  # bytes: yaml detects the encoding and reports bad bytes
             data = yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
-        raise ConfigError(f"{where}: invalid yaml: {getattr(exc, 'problem', exc)}") from None
+        if isinstance(exc, yaml.reader.ReaderError):  # bad bytes: no line to point at
+            raise ConfigError(f"{path}: not {exc.encoding} text at byte {exc.position}: "
+                              f"{exc.reason}") from None
+        raise ConfigError(f"{where}: invalid yaml: {getattr(exc, 'problem', None) or exc}") from None
     return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
 
 

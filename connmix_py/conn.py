@@ -31,8 +31,8 @@ _MAX_PENDING_FRAMES = 1024
 class Connection:
     __slots__ = (
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
-        "transport", "max_send_queue", "write_timeout", "read_timeout", "last_read",
-        "closing", "close_err", "sent_total", "blocked_since", "block_mark",
+        "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
+        "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
         "_pending", "_closer", "_loop",
     )
 
@@ -49,8 +49,11 @@ class Connection:
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
-        self.last_read = self._loop.time()
+        # When the server began waiting for the next frame; None while one is
+        # being handled, so a slow callback never counts as an idle client.
+        self.read_since: float | None = self._loop.time()
         self.closing = False
+        self.close_code: int | None = None
         self.close_err: str | None = None
         self.sent_total = 0
         self.blocked_since: float | None = None
@@ -76,6 +79,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
         if err is not None and self.close_err is None:
             self.close_err = err
         if self._closer is not None:
@@ -111,6 +115,8 @@ class Connection:
                 return False
             self._pending.append(frame)
             return True
+        if transport.is_closing():  # the peer is gone; the handler will notice
+            return False
         transport.write(frame)
         self.sent_total += len(frame)
         queued = transport.get_write_buffer_size()
@@ -124,15 +130,20 @@ class Connection:
         return True
 
     def check_timeouts(self, now: float) -> None:
-        """Called about once a second: enforce read and write timeouts."""
-        if self.closing:
+        """Called about once a second: enforce read and write timeouts.
+
+        The write timeout applies while closing too: a close waits for the
+        queued frames to flush, and a client that never reads must not hold
+        the connection open forever."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        if self.read_timeout and now - self.last_read > self.read_timeout:
+        if (not self.closing and self.read_timeout and self.read_since is not None
+                and now - self.read_since > self.read_timeout):
             self.close(CLOSE_POLICY, f"read timeout: no frame for {self.read_timeout:g}s")
+        if self.blocked_since is None:
             return
-        if self.blocked_since is None or self.transport is None:
-            return
-        queued = self.transport.get_write_buffer_size()
+        queued = transport.get_write_buffer_size()
         if queued == 0:
             self.blocked_since = None
         elif self.sent_total - queued >= self.block_mark:

@@ -5,7 +5,7 @@ import logging
 import logging.handlers
 import os
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}
@@ -24,8 +24,11 @@ def apply(settings: Settings, mode: str) -> None:
         return
     root.setLevel(LEVELS[settings.logging.level])
     path = os.path.join(settings.base_dir, settings.logging.filename)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    handler = logging.handlers.TimedRotatingFileHandler(
-        path, when="midnight", backupCount=settings.logging.max_files, encoding="utf-8")
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        handler = logging.handlers.TimedRotatingFileHandler(
+            path, when="midnight", backupCount=settings.logging.max_files, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"logging.filename: cannot open {path}: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)

@@ -30,9 +30,10 @@ def handle_request(mesh, text: str | bytes) -> bytes:
         if not isinstance(request, dict):
             raise invalid("request must be a JSON object {m, p, i}")
         request_id = request.get("i")
-        method = METHODS.get(request.get("m"))
+        name = request.get("m")
+        method = METHODS.get(name) if isinstance(name, str) else None
         if method is None:
-            raise invalid(f"unknown method {request.get('m')!r}")
+            raise invalid(f"unknown method {name!r}")
         return orjson.dumps({"E": None, "r": method(mesh, request.get("p")), "i": request_id})
     except ApiError as error:
         return orjson.dumps({"E": error.body(), "i": request_id})

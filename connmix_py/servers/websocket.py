@@ -1,4 +1,10 @@
-"""`protocol: websocket` servers on aiohttp, driving the entry script's callbacks."""
+"""`protocol: websocket` servers on aiohttp, driving the entry script's callbacks.
+
+A connection's life: the upgrade request is checked (path, then a valid
+websocket handshake), ``on_handshake`` may refuse it (403; a Lua error there
+is a 500), frames go to ``on_message`` one at a time, and ``on_close`` runs
+exactly once with nil after a clean close and the reason otherwise.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,15 +12,36 @@ import logging
 from typing import Callable
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WebSocketError
 
 from ..config import ServerSettings
-from ..conn import CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, Connection
+from ..conn import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection
 from ..hub import Hub
 from ..lua.vm import LuaVM
 
 log = logging.getLogger("connmix.websocket")
 
 SWEEP_INTERVAL = 1.0
+LOST_WITHOUT_CLOSE = "connection lost: closed by the client without a close frame"
+
+
+def canonical_header(name: str) -> str:
+    """Go's net/http header form (``Sec-Websocket-Key``), as CONNMIX scripts see it."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def handshake_tables(request: web.Request, remote: str) -> tuple[dict, dict]:
+    """on_handshake's ``headers`` (first value of each, like Go's Header.Get)
+    and ``server`` arguments."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        headers.setdefault(canonical_header(name), value)
+    server = {
+        "Method": request.method, "RequestUri": request.raw_path,
+        "ServerProtocol": f"HTTP/{request.version.major}.{request.version.minor}",
+        "Host": request.host, "RemoteAddr": remote,
+    }
+    return headers, server
 
 
 class WebSocketServer:
@@ -24,19 +51,24 @@ class WebSocketServer:
         self.vm = vm
         self.hub = hub
         self.next_client_id = next_client_id
+        # Open connections, until their close has finished (the sweeper
+        # enforces the write timeout on a close that cannot flush).
         self.conns: set[Connection] = set()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
-        self._sockets: dict[Connection, web.WebSocketResponse] = {}
         self.port = settings.port
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.settings.max_message_size)
+        app = web.Application()
         app.router.add_get(self.settings.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.bind, self.settings.port, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
         if self.settings.port == 0:  # tests ask for any free port
             self.port = site._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep())
@@ -57,9 +89,15 @@ class WebSocketServer:
             for conn in list(self.conns):
                 conn.check_timeouts(now)
 
+    # -- one connection ------------------------------------------------------------
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(status=400, text="websocket upgrade expected\n")
+        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_size + 1, autoping=False)
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=400, text="invalid websocket handshake\n")
         peer = request.transport.get_extra_info("peername") if request.transport else None
         remote = f"{peer[0]}:{peer[1]}" if peer else ""
         settings = self.settings
@@ -67,25 +105,33 @@ class WebSocketServer:
                           settings.write_timeout, settings.read_timeout)
         self.hub.add(conn)
         try:
-            return await self._serve(request, conn)
+            refused = await self._handshake(request, conn)
+            if refused is not None:
+                return refused
+            try:
+                await ws.prepare(request)
+            except (ConnectionError, RuntimeError):  # the client left during on_handshake
+                return ws
+            await self._serve(request, ws, conn)
+            return ws
         finally:
             self.hub.remove(conn)
             self.vm.forget(conn)
 
-    async def _serve(self, request: web.Request, conn: Connection) -> web.StreamResponse:
+    async def _handshake(self, request: web.Request, conn: Connection) -> web.Response | None:
+        """Run on_handshake; a response refusing the upgrade, or None to accept."""
         vm = self.vm
-        headers = vm.to_lua({k: v for k, v in request.headers.items()})
-        server_info = vm.to_lua({
-            "Method": request.method, "RequestUri": request.path_qs,
-            "ServerProtocol": f"HTTP/{request.version.major}.{request.version.minor}",
-            "Host": request.host, "RemoteAddr": conn.remote_addr,
-        })
-        accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes, headers, server_info)
+        headers, server = handshake_tables(request, conn.remote_addr)
+        accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes,
+                                            vm.to_lua(headers), vm.to_lua(server))
+        if conn.close_code == CLOSE_INTERNAL_ERROR:  # the Lua error is logged by the VM
+            return web.Response(status=500, text="on_handshake failed\n")
         if accepted is False or conn.closing:
             return web.Response(status=403, text="forbidden\n")
+        return None
 
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_size, autoping=True)
-        await ws.prepare(request)
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, conn: Connection) -> None:
+        vm = self.vm
         loop = asyncio.get_running_loop()
         closing = _CloseRequest(ws, loop)
         conn.open(request.transport, closing.request)
@@ -94,19 +140,27 @@ class WebSocketServer:
         try:
             while not conn.closing:
                 closing.receiving = True
+                conn.read_since = loop.time()
                 msg = await ws.receive()
+                conn.read_since = None
                 closing.receiving = False
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    conn.last_read = loop.time()
                     binary = kind is WSMsgType.BINARY
                     pending = vm.call_message(conn, binary, msg.data if binary else msg.data.encode())
                     if pending is not None:
                         await pending
+                elif kind is WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    continue
                 elif kind is WSMsgType.ERROR:
-                    err = self._frame_error(conn, msg.data)
+                    err = self._receive_error(conn, msg.data)
                     break
-                else:  # CLOSE, CLOSING, CLOSED
+                elif kind is WSMsgType.CLOSED and not conn.closing:
+                    err = LOST_WITHOUT_CLOSE
+                    break
+                else:  # CLOSE from the client (clean), or CLOSING asked for by us
                     break
         except asyncio.CancelledError:
             err = "server shutting down"
@@ -114,31 +168,31 @@ class WebSocketServer:
         except ConnectionError as exc:
             err = f"connection lost: {exc}"
         finally:
-            self.conns.discard(conn)
             conn.mark_closed(err)
-            await asyncio.shield(self._close_and_notify(conn, ws, closing.code))
-        return ws
+            await asyncio.shield(self._close_and_notify(conn, ws, closing))
 
-    async def _close_and_notify(self, conn: Connection, ws: web.WebSocketResponse, code: int) -> None:
-        if not ws.closed:
-            try:
-                await ws.close(code=code)
-            except Exception:  # the peer is gone; nothing left to flush
-                pass
+    async def _close_and_notify(self, conn: Connection, ws: web.WebSocketResponse,
+                                closing: "_CloseRequest") -> None:
+        try:
+            await closing.finish()
+        except Exception:  # the peer is gone; nothing left to flush
+            pass
+        finally:
+            self.conns.discard(conn)
         pending = self.vm.call(conn, "on_close", conn.id_bytes,
                                conn.close_err.encode() if conn.close_err else None)
         if pending is not None:
             await pending
 
-    def _frame_error(self, conn: Connection, exc: BaseException) -> str:
-        code = getattr(exc, "code", None)
-        if code == CLOSE_TOO_BIG:
+    def _receive_error(self, conn: Connection, exc: BaseException) -> str:
+        """The reason for on_close when receiving failed; protocol errors are logged."""
+        if not isinstance(exc, WebSocketError):
+            return f"connection lost: {exc or type(exc).__name__}"
+        if exc.code == CLOSE_TOO_BIG:
             text = f"message too big (limit {self.settings.max_message_size} bytes)"
-        elif code == CLOSE_UNSUPPORTED:
-            text = f"unsupported frame: {exc}"
         else:
-            text = f"protocol error: {exc}"
-        log.warning("client %s (%s): %s", conn.client_id, conn.remote_addr, text)
+            text = f"protocol error ({exc.code}): {exc}"
+        log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, text)
         return text
 
 
@@ -147,15 +201,23 @@ class _CloseRequest:
     socket: while the handler waits in receive() a close task wakes it;
     otherwise the handler sees conn.closing and closes with ``code``."""
 
-    __slots__ = ("ws", "loop", "code", "receiving")
+    __slots__ = ("ws", "loop", "code", "receiving", "task")
 
     def __init__(self, ws: web.WebSocketResponse, loop: asyncio.AbstractEventLoop) -> None:
         self.ws = ws
         self.loop = loop
-        self.code = 1000
+        self.code = CLOSE_NORMAL
         self.receiving = False
+        self.task: asyncio.Task | None = None
 
     def request(self, code: int) -> None:
         self.code = code
-        if self.receiving:
-            self.loop.create_task(self.ws.close(code=code))
+        if self.receiving and self.task is None:
+            self.task = self.loop.create_task(self.ws.close(code=self.code))
+
+    async def finish(self) -> None:
+        """Complete the close handshake, whoever started it."""
+        if self.task is not None:
+            await self.task
+        elif not self.ws.closed:
+            await self.ws.close(code=self.code)

@@ -1,0 +1,96 @@
+"""A websocket client written by hand on a plain socket, for what real
+client libraries will not do: never read, drop the TCP connection without a
+close frame, send a frame of any size.
+
+Nothing is read from the socket unless the test asks, so a client that
+stops calling ``read_frame`` really stops reading (with a small receive
+buffer the server's writes back up at once).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+
+
+class RawWebSocket:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, port: int, path: str, rcvbuf: int | None = None,
+                      headers: dict[str, str] | None = None) -> "RawWebSocket":
+        """Connect and upgrade; raises AssertionError unless the answer is 101."""
+        client = await cls.open(port, rcvbuf)
+        status, _ = await client.handshake(path, headers)
+        assert status == 101, f"upgrade refused: {status}"
+        return client
+
+    @classmethod
+    async def open(cls, port: int, rcvbuf: int | None = None) -> "RawWebSocket":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # before connect, so the advertised window stays small
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        return cls(sock)
+
+    async def handshake(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """Send the upgrade request; (status, response head)."""
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = await self.loop.sock_recv(self.sock, 4096)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            self.buffer += chunk
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        return int(head.split(b" ", 2)[1]), head
+
+    async def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
+        """One final, masked frame (clients must mask)."""
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await self.loop.sock_sendall(self.sock, header + mask + masked)
+
+    async def send_text(self, text: str) -> None:
+        await self.send_frame(text.encode(), 0x1)
+
+    async def _read_exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = await self.loop.sock_recv(self.sock, 65536)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    async def read_frame(self, timeout: float = 5) -> tuple[int, bytes]:
+        """(opcode, payload) of the next frame from the server (unmasked)."""
+        async def read() -> tuple[int, bytes]:
+            first, second = await self._read_exactly(2)
+            size = second & 0x7F
+            if size == 126:
+                size = struct.unpack("!H", await self._read_exactly(2))[0]
+            elif size == 127:
+                size = struct.unpack("!Q", await self._read_exactly(8))[0]
+            return first & 0x0F, await self._read_exactly(size)
+        return await asyncio.wait_for(read(), timeout)
+
+    def drop(self) -> None:
+        """Close the TCP connection without a close frame."""
+        self.sock.close()

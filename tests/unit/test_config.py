@@ -1,0 +1,159 @@
+"""connmix.yaml -> Settings: CONNMIX's file loads as it is, every bad value
+is one ConfigError naming its key, unknown keys warn once each."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import yaml
+
+from connmix_py.config import ConfigError, check_entries, load_settings, parse_settings
+
+# The configuration reference of SPEC section 2, as CONNMIX users write it.
+CONNMIX_YAML = """
+logging:   { filename: logs/connmix.log, maxFiles: 7, level: debug }
+access:
+  users:
+    - { username: u, password: p, roles: [read, write], host: "172.*.*.*" }
+engine:
+  apiServer: { port: 6789, bind: 0.0.0.0, readTimeout: 60, writeTimeout: 60 }
+  luavm:
+    queue: { topicSize: 2000, maxTopics: 100 }
+  servers:
+    - port: 6790
+      bind: 0.0.0.0
+      protocol: websocket
+      options:
+        - { name: path, value: /chat }
+        - { name: greeting, value: hi }
+      entry: lua/entry.websocket.lua
+      byteCodeExpires: 10
+      readBufferSize: 1024
+      writeBufferSize: 1024
+      readTimeout: 60
+      writeTimeout: 10
+"""
+
+
+def parse(text: str, base_dir: str = "/srv/app"):
+    return parse_settings(yaml.safe_load(text), base_dir=base_dir, source="connmix.yaml")
+
+
+def one_server(**keys) -> dict:
+    server = {"port": 6790, "entry": "entry.lua"}
+    server.update(keys)
+    return {"engine": {"servers": [server]}}
+
+
+def test_connmix_reference_file_loads_without_warnings(caplog):
+    with caplog.at_level(logging.WARNING, logger="connmix.config"):
+        settings = parse(CONNMIX_YAML)
+    assert caplog.records == []
+    assert (settings.logging.level, settings.logging.max_files) == ("debug", 7)
+    assert (settings.api_server.port, settings.api_server.read_timeout) == (6789, 60.0)
+    server = settings.servers[0]
+    assert (server.port, server.bind, server.protocol) == (6790, "0.0.0.0", "websocket")
+    assert server.path == "/chat"
+    assert server.options["greeting"] == "hi"
+    assert server.entry == "/srv/app/lua/entry.websocket.lua"  # relative to the yaml's folder
+    assert (server.read_timeout, server.write_timeout, server.byte_code_expires) == (60.0, 10.0, 10.0)
+
+
+def test_defaults_are_connmix_defaults():
+    settings = parse_settings({"engine": {"servers": [{}]}})
+    assert settings.api_server.port == 6789
+    server = settings.servers[0]
+    assert (server.port, server.protocol, server.path) == (6790, "websocket", "/")
+    assert (server.read_timeout, server.write_timeout) == (60, 10)
+    assert parse_settings(None).servers == []
+
+
+def test_unknown_keys_warn_once_each_and_load(caplog):
+    data = one_server(bogus=1, other=2)
+    data["extra"] = {"a": 1}
+    data["engine"]["apiServer"] = {"port": 1, "shiny": True}
+    with caplog.at_level(logging.WARNING, logger="connmix.config"):
+        settings = parse_settings(data, source="connmix.yaml")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4
+    for key in ("engine.servers[0].bogus", "engine.servers[0].other", "extra", "engine.apiServer.shiny"):
+        assert sum(key in m for m in messages) == 1, (key, messages)
+    assert settings.servers[0].port == 6790
+
+
+@pytest.mark.parametrize("keys, named", [
+    ({"port": "6790"}, "engine.servers[0].port"),
+    ({"port": True}, "engine.servers[0].port"),
+    ({"port": -1}, "engine.servers[0].port"),
+    ({"protocol": "mqtt"}, "engine.servers[0].protocol"),
+    ({"bind": ""}, "engine.servers[0].bind"),
+    ({"entry": 5}, "engine.servers[0].entry"),
+    ({"readTimeout": "60s"}, "engine.servers[0].readTimeout"),
+    ({"writeTimeout": -2}, "engine.servers[0].writeTimeout"),
+    ({"maxMessageSize": 0}, "engine.servers[0].maxMessageSize"),
+    ({"maxSendQueue": 1.5}, "engine.servers[0].maxSendQueue"),
+    ({"options": {"path": "/x"}}, "engine.servers[0].options"),
+    ({"options": [{"value": 1}]}, "engine.servers[0].options[0]"),
+    ({"options": [{"name": "path", "value": "chat"}]}, "engine.servers[0].options"),
+])
+def test_bad_server_value_names_its_key(keys, named):
+    with pytest.raises(ConfigError) as error:
+        parse_settings(one_server(**keys))
+    message = str(error.value)
+    assert message.startswith(named + ":"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("data, named", [
+    ([1, 2], "connmix.yaml"),
+    ({"engine": [1]}, "engine"),
+    ({"engine": {"servers": {"port": 1}}}, "engine.servers"),
+    ({"engine": {"servers": ["x"]}}, "engine.servers[0]"),
+    ({"engine": {"apiServer": {"port": 70000}}}, "engine.apiServer.port"),
+    ({"logging": {"level": "loud"}}, "logging.level"),
+    ({"logging": {"maxFiles": 0}}, "logging.maxFiles"),
+    ({"logging": "debug"}, "logging"),
+])
+def test_bad_section_names_its_key(data, named):
+    with pytest.raises(ConfigError) as error:
+        parse_settings(data, source="connmix.yaml")
+    assert str(error.value).startswith(named + ":"), str(error.value)
+
+
+def test_one_port_for_two_listeners_names_the_second():
+    data = {"engine": {"apiServer": {"port": 7000},
+                       "servers": [{"port": 7001}, {"port": 7000}]}}
+    with pytest.raises(ConfigError, match=r"^engine\.servers\[1\]\.port: port 7000 .*engine\.apiServer\.port"):
+        parse_settings(data)
+    data["engine"]["servers"][1]["port"] = 7001
+    with pytest.raises(ConfigError, match=r"^engine\.servers\[1\]\.port: .*engine\.servers\[0\]\.port"):
+        parse_settings(data)
+    parse_settings({"engine": {"apiServer": {"port": 0}, "servers": [{"port": 0}, {"port": 0}]}})
+
+
+def test_missing_entry_file_names_the_key(tmp_path):
+    settings = parse_settings(one_server(entry="lua/none.lua"), base_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^engine\.servers\[0\]\.entry: file not found: .*none\.lua"):
+        check_entries(settings)
+
+
+def test_load_settings_reports_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(str(tmp_path / "missing.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("engine:\n  servers:\n    - port: [1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:\d+: invalid yaml"):
+        load_settings(str(broken))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"engine: \xff\n")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not utf-8 text at byte 8"):
+        load_settings(str(binary))
+
+
+def test_load_settings_resolves_entry_beside_the_file(tmp_path):
+    path = tmp_path / "conf" / "connmix.yaml"
+    path.parent.mkdir()
+    path.write_text("engine:\n  servers:\n    - entry: lua/app.lua\n")
+    settings = load_settings(str(path))
+    assert settings.servers[0].entry == os.path.join(str(tmp_path), "conf", "lua", "app.lua")
