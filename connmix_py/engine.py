@@ -122,7 +122,10 @@ class Engine:
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            # No cookie jar: cookies one script's request got must never go
+            # out with another connection's request (mix.http.request is Go's
+            # jar-less http.Client).
+            self._http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         return self._http
 
     # -- pushing from Python -----------------------------------------------------------

@@ -12,6 +12,10 @@ from typing import Any, Callable
 from lupa import luajit21 as lupa_rt
 
 MAX_DEPTH = 64
+MAX_VALUES = 1_000_000
+# Lua numbers are doubles; lupa refuses Python ints outside int64, so larger
+# ones (e.g. a huge integer in JSON) go over as the nearest double.
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 lua_type = lupa_rt.lua_type
 
 
@@ -26,6 +30,8 @@ def make_to_lua(table_from: Callable[..., Any]) -> Callable[[Any], Any]:
         kind = type(value)
         if kind is str:
             return value.encode()
+        if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+            return float(value)
         if kind is dict:
             if depth > MAX_DEPTH:
                 raise ConversionError("value nested too deeply")
@@ -40,31 +46,62 @@ def make_to_lua(table_from: Callable[..., Any]) -> Callable[[Any], Any]:
     return to_lua
 
 
-def from_lua(value: Any, depth: int = 0) -> Any:
+def from_lua(value: Any) -> Any:
     """Lua -> Python: a table with keys 1..n -> list, other tables -> dict
-    with str keys, an empty table -> {}; strings stay bytes."""
-    if lua_type(value) != "table":
-        if lua_type(value) in ("function", "userdata", "thread"):
-            raise ConversionError(f"cannot convert a Lua {lua_type(value)}")
+    with str keys, an empty table -> {}; strings stay bytes.
+
+    Raises ConversionError for functions, threads, userdata, tables nested
+    over MAX_DEPTH (which catches cycles) and more than MAX_VALUES values in
+    all (which catches a table shared many times over: {t, t} nested 40
+    deep would otherwise keep the process busy for days)."""
+    kind = lua_type(value)
+    if kind == "table":
+        return _table(value, 0, [MAX_VALUES])
+    if kind is not None:
+        raise ConversionError(f"cannot convert a Lua {kind}")
+    return value
+
+
+def _value(value: Any, depth: int, budget: list[int]) -> Any:
+    kind = lua_type(value)
+    if kind is None:
         return value
+    if kind == "table":
+        return _table(value, depth, budget)
+    raise ConversionError(f"cannot convert a Lua {kind}")
+
+
+def _table(table: Any, depth: int, budget: list[int]) -> Any:
     if depth > MAX_DEPTH:
         raise ConversionError("table nested too deeply (or cyclic)")
-    items = list(value.items())
+    items = list(table.items())
     if not items:
         return {}
+    budget[0] -= len(items)
+    if budget[0] < 0:
+        raise ConversionError(f"table too large (over {MAX_VALUES} values in all)")
+    depth += 1
     n = len(items)
     if all(type(k) is int and 1 <= k <= n for k, _ in items):
         array: list[Any] = [None] * n
         for k, v in items:
-            array[k - 1] = from_lua(v, depth + 1)
+            array[k - 1] = _value(v, depth, budget)
         return array
     obj: dict[str, Any] = {}
     for k, v in items:
-        if type(k) is bytes:
-            key = k.decode("utf-8", "replace")
-        elif type(k) in (int, float, bool):
-            key = str(k).lower() if type(k) is bool else ("%.14g" % k if type(k) is float else str(k))
-        else:
-            raise ConversionError(f"cannot use a Lua {lua_type(k) or type(k).__name__} as a key")
-        obj[key] = from_lua(v, depth + 1)
+        obj[_key(k)] = _value(v, depth, budget)
     return obj
+
+
+def _key(key: Any) -> str:
+    """A table key as an object key, the way Lua's tostring writes it."""
+    kind = type(key)
+    if kind is bytes:
+        return key.decode("utf-8", "replace")
+    if kind is bool:
+        return "true" if key else "false"
+    if kind is int:
+        return str(key)
+    if kind is float:
+        return "%.14g" % key
+    raise ConversionError(f"cannot use a Lua {lua_type(key) or kind.__name__} as a key")

@@ -1,10 +1,10 @@
 """The connection object's methods (conn:send, conn:subscribe, ...).
 
 Lua holds only the client id; every call looks the connection up, so no
-reference cycle ties a closed connection to the Lua state.
+reference cycle ties a closed connection to the Lua state. Lua passes as
+many arguments as the caller wrote, so every method ignores extras.
 """
 from __future__ import annotations
-
 
 from ...conn import CLOSE_NORMAL
 from ..convert import ConversionError, from_lua
@@ -15,52 +15,60 @@ CLOSED = b"connection closed"
 
 
 def valid_channel(channel) -> str | None:
-    """Channels are non-empty strings without spaces."""
-    if type(channel) is not bytes or not channel or b" " in channel:
+    """Channels are non-empty strings without spaces (numbers convert, as
+    everywhere in Lua)."""
+    name = lua_string(channel)
+    if not name or b" " in name:
         return None
-    return channel.decode("utf-8", "replace")
+    return name.decode("utf-8", "replace")
+
+
+def context_table(value) -> dict | None:
+    """What set_context stores: a Lua table's content keyed by strings; an
+    array table {v1, v2} is keyed "1", "2" like any other number key."""
+    if isinstance(value, list):
+        return {str(i): v for i, v in enumerate(value, 1)}
+    return value if isinstance(value, dict) else None
 
 
 def bridge(vm) -> dict:
     lookup, to_lua, hub = vm.lookup, vm.to_lua, vm.hub
 
-    def remote_addr(cid):
+    def remote_addr(cid, *_):
         conn = lookup(cid)
         return conn.remote_addr.encode() if conn else None
 
-    def context(cid):
+    def context(cid, *_):
         conn = lookup(cid)
         return to_lua(dict(conn.context)) if conn else to_lua({})
 
-    def context_value(cid, key=None):
-        conn = lookup(cid)
-        if conn is None or type(key) is not bytes:
+    def context_value(cid, key=None, *_):
+        conn, name = lookup(cid), lua_string(key)
+        if conn is None or name is None:
             return None
-        return to_lua(conn.context.get(key.decode("utf-8", "replace")))
+        return to_lua(conn.context.get(name.decode("utf-8", "replace")))
 
-    def set_context(cid, table=None):
+    def set_context(cid, table=None, *_):
         conn = lookup(cid)
         if conn is None:
             return CLOSED
         try:
-            value = from_lua(table)
+            value = context_table(from_lua(table))
         except ConversionError as exc:
             return err(f"set_context: {exc}")
-        if not isinstance(value, dict):
-            if value != []:
-                return bad_argument(1, "set_context", "table", table)[1]
-            value = {}
+        if value is None:
+            return bad_argument(1, "set_context", "table", table)[1]
         conn.context = value
         vm.context_changed(conn)
         return None
 
-    def set_context_value(cid, key=None, value=None):
+    def set_context_value(cid, key=None, value=None, *_):
         conn = lookup(cid)
         if conn is None:
             return CLOSED
         name = lua_string(key)
         if not name:
-            return bad_argument(1, "set_context_value", "string", key)[1]
+            return bad_argument(1, "set_context_value", "non-empty string", key)[1]
         try:
             converted = from_lua(value)
         except ConversionError as exc:
@@ -73,18 +81,20 @@ def bridge(vm) -> dict:
         vm.context_changed(conn)
         return None
 
-    def wait_context_value(cid, key=None, timeout=None):
+    def wait_context_value(cid, key=None, timeout=None, *_):
         conn = lookup(cid)
         if conn is None:
             return fail("connection closed")
         name = lua_string(key)
         if not name:
-            return bad_argument(1, "wait_context_value", "string", key)
+            return bad_argument(1, "wait_context_value", "non-empty string", key)
         if timeout is not None and (type(timeout) not in (int, float) or timeout < 0):
             return bad_argument(2, "wait_context_value", "number of seconds", timeout)
         name_text = name.decode("utf-8", "replace")
 
         async def wait():
+            if timeout == 0:  # a zero timeout looks once and never waits
+                return to_lua(conn.context.get(name_text)), None
             value = await vm.wait_context_value(conn, name_text, timeout)
             return to_lua(value), None
         return wait, None
@@ -99,19 +109,19 @@ def bridge(vm) -> dict:
         conn = lookup(cid)
         if conn is None or conn.closing:
             return CLOSED
+        if not channels:
+            return err(f"{fname}: no channel given")
         names = []
         for i, channel in enumerate(channels, 1):
             name = valid_channel(channel)
             if name is None:
                 return err(f"bad argument #{i} to '{fname}' (channel must be a non-empty string without spaces)")
             names.append(name)
-        if not names:
-            return err(f"{fname}: no channel given")
         for name in names:
             apply(conn, name)
         return None
 
-    def send(cid, data=None, kind=None):
+    def send(cid, data=None, kind=None, *_):
         conn = lookup(cid)
         if conn is None:
             return CLOSED
@@ -122,7 +132,7 @@ def bridge(vm) -> dict:
             return bad_argument(2, "send", "'text' or 'binary'", kind)[1]
         return None if conn.send(payload, binary) else CLOSED
 
-    def close(cid):
+    def close(cid, *_):
         conn = lookup(cid)
         if conn is None:
             return CLOSED

@@ -1,9 +1,15 @@
 """mix.http.request(method, url[, opts]): an HTTP client that never blocks
-the event loop (the calling coroutine waits; other connections go on)."""
+the event loop (the calling coroutine waits; other connections go on).
+
+Like Go's http.Client without a cookie jar: each request stands alone,
+redirects are followed, a non-2xx status is a response, not an error.
+"""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -38,6 +44,17 @@ def canonical_header(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
+def basic_auth(user: bytes, password: bytes) -> str:
+    """The Authorization header value of HTTP basic auth."""
+    return "Basic " + base64.b64encode(user + b":" + password).decode("ascii")
+
+
+def _without(headers: dict[str, str], name: str) -> tuple[dict[str, str], list[str]]:
+    """headers without `name` (any case), and the values it had."""
+    kept = {k: v for k, v in headers.items() if k.lower() != name}
+    return kept, [v for k, v in headers.items() if k.lower() == name]
+
+
 def _string_table(value: Any, what: str) -> dict[str, str] | str:
     """A Lua table of string -> string/number, or an error message."""
     if value is None:
@@ -53,68 +70,99 @@ def _string_table(value: Any, what: str) -> dict[str, str] | str:
     return out
 
 
+@dataclass
+class Request:
+    method: str
+    url: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes | None
+    timeout: float
+
+
+def parse_request(method: Any, url: Any, opts: Any) -> Request | tuple[None, bytes]:
+    """The Lua arguments as a Request, or the `nil, err` for a bad one."""
+    verb, target = lua_string(method), lua_string(url)
+    if not verb:
+        return bad_argument(1, "request", "method string", method)
+    if not target:
+        return bad_argument(2, "request", "url string", url)
+    if opts is not None and lua_type(opts) != "table":
+        return bad_argument(3, "request", "table", opts)
+
+    def get(key: bytes) -> Any:
+        return opts[key] if opts is not None else None
+
+    tables = {}
+    for name in ("query", "cookies", "headers"):
+        tables[name] = _string_table(get(name.encode()), name)
+        if isinstance(tables[name], str):
+            return fail(tables[name])
+    body = get(b"body")
+    if body is not None and lua_string(body) is None:
+        return fail("opts.body must be a string")
+    timeout = DEFAULT_TIMEOUT
+    if get(b"timeout") is not None:
+        timeout = parse_timeout(get(b"timeout"))
+        if timeout is None:
+            return fail('opts.timeout must be seconds or a duration like "30s"')
+    headers = tables["headers"]
+    if tables["cookies"]:
+        # A Cookie header, not aiohttp's cookie jar: a jar keeps cookies
+        # between the requests of different connections.
+        headers, given = _without(headers, "cookie")
+        pairs = "; ".join(f"{name}={value}" for name, value in tables["cookies"].items())
+        headers["Cookie"] = "; ".join(given + [pairs])
+    raw_auth = get(b"auth")
+    if raw_auth is not None:
+        if lua_type(raw_auth) != "table":
+            return fail("opts.auth must be {username=..., password=...}")
+        user, password = lua_string(raw_auth[b"username"]), lua_string(raw_auth[b"password"])
+        if user is None or b":" in user:
+            return fail("opts.auth.username must be a string without ':'")
+        headers, _ = _without(headers, "authorization")  # like Go's SetBasicAuth, auth wins
+        headers["Authorization"] = basic_auth(user, password or b"")
+    return Request(verb.decode("ascii", "replace").upper(), target.decode("utf-8", "replace"),
+                   tables["query"], headers, lua_string(body) if body is not None else None, timeout)
+
+
+async def perform(session: aiohttp.ClientSession, req: Request) -> tuple[dict | None, bytes | None]:
+    """Send the request; (response table contents, None) or (None, err)."""
+    try:
+        async with session.request(
+            req.method, req.url, params=req.query or None, headers=req.headers or None,
+            data=req.body, timeout=aiohttp.ClientTimeout(total=req.timeout), allow_redirects=True,
+        ) as resp:
+            content = await resp.read()
+            headers: dict[str, str] = {}
+            for key, value in resp.headers.items():
+                headers.setdefault(canonical_header(key), value)
+            return {
+                "status_code": resp.status,
+                "body": content,
+                "body_size": len(content),
+                "headers": headers,
+                "cookies": {name: morsel.value for name, morsel in resp.cookies.items()},
+                "url": str(resp.url),
+            }, None
+    except asyncio.TimeoutError:
+        return fail(f'{req.method} "{req.url}": timeout after {req.timeout:g}s')
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return fail(f'{req.method} "{req.url}": {exc or type(exc).__name__}')
+
+
 def bridge(vm) -> dict:
     to_lua = vm.to_lua
 
-    def http_request(method=None, url=None, opts=None):
-        verb, target = lua_string(method), lua_string(url)
-        if not verb:
-            return bad_argument(1, "request", "method string", method)
-        if not target:
-            return bad_argument(2, "request", "url string", url)
-        if opts is not None and lua_type(opts) != "table":
-            return bad_argument(3, "request", "table", opts)
-        get = (lambda key: opts[key]) if opts is not None else (lambda key: None)
-        parts = {}
-        for name in ("query", "cookies", "headers"):
-            parts[name] = _string_table(get(name.encode()), name)
-            if isinstance(parts[name], str):
-                return fail(parts[name])
-        body = get(b"body")
-        if body is not None and lua_string(body) is None:
-            return fail("opts.body must be a string")
-        timeout = DEFAULT_TIMEOUT
-        if get(b"timeout") is not None:
-            timeout = parse_timeout(get(b"timeout"))
-            if timeout is None:
-                return fail("opts.timeout must be seconds or a duration like \"30s\"")
-        auth = None
-        raw_auth = get(b"auth")
-        if raw_auth is not None:
-            if lua_type(raw_auth) != "table":
-                return fail("opts.auth must be {username=..., password=...}")
-            user, password = lua_string(raw_auth[b"username"]), lua_string(raw_auth[b"password"])
-            auth = aiohttp.BasicAuth((user or b"").decode(), (password or b"").decode())
-        verb_text = verb.decode("ascii", "replace").upper()
-        url_text = target.decode("utf-8", "replace")
+    def http_request(method=None, url=None, opts=None, *_):  # extra Lua arguments are ignored
+        req = parse_request(method, url, opts)
+        if type(req) is tuple:
+            return req
 
-        async def perform():
-            session = vm.http_session()
-            try:
-                async with session.request(
-                    verb_text, url_text, params=parts["query"] or None,
-                    cookies=parts["cookies"] or None, headers=parts["headers"] or None,
-                    data=lua_string(body) if body is not None else None, auth=auth,
-                    timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=True,
-                ) as resp:
-                    content = await resp.read()
-                    headers: dict[str, str] = {}
-                    for key, value in resp.headers.items():
-                        headers.setdefault(canonical_header(key), value)
-                    result = {
-                        "status_code": resp.status,
-                        "body": content,
-                        "body_size": len(content),
-                        "headers": headers,
-                        "cookies": {name: morsel.value for name, morsel in resp.cookies.items()},
-                        "url": str(resp.url),
-                    }
-            except asyncio.TimeoutError:
-                return fail(f'{verb_text} "{url_text}": timeout after {timeout:g}s')
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                return fail(f'{verb_text} "{url_text}": {exc or type(exc).__name__}')
-            return to_lua(result), None
+        async def wait():
+            result, err = await perform(vm.http_session(), req)
+            return to_lua(result), err
 
-        return perform, None
+        return wait, None
 
     return {"http_request": http_request}

@@ -1,6 +1,12 @@
-"""mix.json_encode / mix.json_decode."""
+"""mix.json_encode / mix.json_decode.
+
+Output is Go-like: object keys sorted, invalid UTF-8 replaced by U+FFFD,
+NaN and infinities refused (Go's encoding/json errors on them; orjson
+would quietly write null).
+"""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -15,25 +21,41 @@ def _bytes_as_text(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def _has_non_finite(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return not math.isfinite(value)
+    if kind is dict:
+        return any(_has_non_finite(v) for v in value.values())
+    if kind is list:
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 def bridge(vm) -> dict:
     to_lua = vm.to_lua
 
-    def json_encode(value=None):
+    # Lua passes as many arguments as the caller wrote (json_encode(f()) is
+    # common): extras are ignored.
+    def json_encode(value=None, *_):
         try:
-            return orjson.dumps(from_lua(value), default=_bytes_as_text,
-                                option=orjson.OPT_SORT_KEYS), None
+            python = from_lua(value)
+            text = orjson.dumps(python, default=_bytes_as_text, option=orjson.OPT_SORT_KEYS)
         except (ConversionError, TypeError, orjson.JSONEncodeError) as exc:
             return fail(f"json_encode: {exc}")
+        # A table cannot hold nil, so "null" inside the output can only come
+        # from NaN/inf (or text that spells null): check only then.
+        if python is not None and b"null" in text and _has_non_finite(python):
+            return fail("json_encode: unsupported number (NaN or infinity)")
+        return text, None
 
-    def json_decode(text=None):
+    def json_decode(text=None, *_):
         data = lua_string(text)
         if data is None:
             return bad_argument(1, "json_decode", "string", text)
         try:
             return to_lua(orjson.loads(data)), None
-        except orjson.JSONDecodeError as exc:
-            return fail(f"json_decode: {exc}")
-        except ConversionError as exc:
+        except (orjson.JSONDecodeError, ConversionError) as exc:
             return fail(f"json_decode: {exc}")
 
     return {"json_encode": json_encode, "json_decode": json_decode}

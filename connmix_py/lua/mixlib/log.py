@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from .values import lua_text
+
 LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARNING,
           b"warning": logging.WARNING, b"error": logging.ERROR}
 
@@ -11,13 +13,11 @@ def bridge(vm) -> dict:
     logger = logging.getLogger("connmix.lua")
     name = vm.name
 
-    def log(level=None, msg=None):
-        lvl = LEVELS.get(level.lower() if type(level) is bytes else level)
-        if lvl is None:
-            lvl = logging.INFO
+    # Lua passes as many arguments as the caller wrote: extras are ignored.
+    def log(level=None, msg=None, *_):
+        lvl = LEVELS.get(level.lower(), logging.INFO) if type(level) is bytes else logging.INFO
         if logger.isEnabledFor(lvl):
-            text = msg.decode("utf-8", "replace") if type(msg) is bytes else str(msg)
-            logger.log(lvl, "[%s] %s", name, text)
+            logger.log(lvl, "[%s] %s", name, lua_text(msg))
         return True
 
     return {"log": log}

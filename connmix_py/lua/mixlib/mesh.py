@@ -16,20 +16,21 @@ def frame_kind(kind) -> bool | None:
 def bridge(vm) -> dict:
     mesh = vm.mesh
 
-    def mesh_publish(channel=None, data=None, kind=None):
+    # Lua passes as many arguments as the caller wrote: extras are ignored.
+    def mesh_publish(channel=None, data=None, kind=None, *_):
         ch, payload, binary = lua_string(channel), lua_string(data), frame_kind(kind)
         if not ch:
-            return bad_argument(1, "publish", "channel string", channel)
+            return bad_argument(1, "publish", "non-empty channel string", channel)
         if payload is None:
             return bad_argument(2, "publish", "string", data)
         if binary is None:
             return bad_argument(3, "publish", "'text' or 'binary'", kind)
         return mesh.publish(ch.decode("utf-8", "replace"), payload, binary)
 
-    def mesh_send(client_id=None, data=None, kind=None):
+    def mesh_send(client_id=None, data=None, kind=None, *_):
         cid, payload, binary = lua_string(client_id), lua_string(data), frame_kind(kind)
         if not cid:
-            return bad_argument(1, "send", "client id string", client_id)[1]
+            return bad_argument(1, "send", "non-empty client id string", client_id)[1]
         if payload is None:
             return bad_argument(2, "send", "string", data)[1]
         if binary is None:

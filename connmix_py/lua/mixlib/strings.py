@@ -16,7 +16,7 @@ def split(s: bytes, sep: bytes) -> list[bytes]:
 def bridge(vm) -> dict:
     table_from = vm.runtime.table_from
 
-    def str_split(s=None, sep=None):
+    def str_split(s=None, sep=None, *_):  # extra Lua arguments are ignored
         data, separator = lua_string(s), lua_string(sep)
         if data is None:
             return bad_argument(1, "str_split", "string", s)

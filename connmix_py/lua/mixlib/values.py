@@ -26,6 +26,18 @@ def lua_string(value: Any) -> bytes | None:
     return None
 
 
+def lua_text(value: Any) -> str:
+    """Any Lua value as text, the way Lua's tostring shows it."""
+    if value is None:
+        return "nil"
+    if value is True or value is False:
+        return "true" if value else "false"
+    text = lua_string(value)
+    if text is not None:
+        return text.decode("utf-8", "replace")
+    return str(value)
+
+
 def type_name(value: Any) -> str:
     from ..convert import lua_type
     if value is None:
