@@ -21,6 +21,7 @@ from ..conn import CLOSE_INTERNAL_ERROR, Connection
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
+from .mixlib import codec as codec_lib
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
 from .mixlib import json as json_lib
@@ -29,12 +30,15 @@ from .mixlib import mesh as mesh_lib
 from .mixlib import queue as queue_lib
 from .mixlib import redis as redis_lib
 from .mixlib import server as server_lib
+from .mixlib import php as php_lib
 from .mixlib import strings as strings_lib
+from .mixlib import urls as urls_lib
 
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
-BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib)
+BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
+           codec_lib, php_lib, urls_lib)
 
 
 # Multi-tenant deployments: no processes, files or loading of code by scripts.
