@@ -250,6 +250,10 @@ class LuaVM:
     def forget(self, conn: Connection) -> None:
         """Drop the Lua-side state of a closed connection and end its waits."""
         self._forget(conn.id_bytes)
+        self.end_waits(conn)
+
+    def end_waits(self, conn: Connection) -> None:
+        """A closed connection's wait_context_value calls return nil."""
         for key in [k for k in self._waiters if k[0] == conn.client_id]:
             for waiter in self._waiters.pop(key):
                 if not waiter.done():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Callable
 
 from aiohttp import WSMsgType, web
@@ -22,6 +23,8 @@ from ..lua.vm import LuaVM
 log = logging.getLogger("connmix.websocket")
 
 SWEEP_INTERVAL = 1.0
+# Frames one connection may queue behind a waiting callback before reading pauses.
+MAX_INBOX = 256
 LOST_WITHOUT_CLOSE = "connection lost: closed by the client without a close frame"
 
 
@@ -95,7 +98,10 @@ class WebSocketServer:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(status=400, text="websocket upgrade expected\n")
         # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_size + 1, autoping=False)
+        # Text frames stay bytes (Lua strings) and no compression is offered:
+        # fan-out writes the same uncompressed frame bytes to every client.
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_size + 1, autoping=False,
+                                   compress=False, decode_text=False)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="invalid websocket handshake\n")
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -137,19 +143,30 @@ class WebSocketServer:
         conn.open(request.transport, closing.request)
         self.conns.add(conn)
         err: str | None = None
+        # While a callback waits, reading goes on: frames queue in the inbox
+        # (per-connection order kept by one worker) and a lost client is
+        # noticed at once, ending the callback's waits.
+        inbox: deque = deque()
+        worker: asyncio.Task | None = None
         try:
             while not conn.closing:
                 closing.receiving = True
-                conn.read_since = loop.time()
+                # A client whose callback is still running is not idle.
+                conn.read_since = loop.time() if worker is None or worker.done() else None
                 msg = await ws.receive()
                 conn.read_since = None
                 closing.receiving = False
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     binary = kind is WSMsgType.BINARY
-                    pending = vm.call_message(conn, binary, msg.data if binary else msg.data.encode())
-                    if pending is not None:
-                        await pending
+                    if worker is None or worker.done():
+                        pending = vm.call_message(conn, binary, msg.data)
+                        if pending is not None:
+                            worker = loop.create_task(self._run_in_order(conn, pending, inbox))
+                    else:
+                        inbox.append((binary, msg.data))
+                        if len(inbox) >= MAX_INBOX:  # a flood: stop reading until it drains
+                            await asyncio.shield(worker)
                 elif kind is WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif kind is WSMsgType.PONG:
@@ -169,16 +186,32 @@ class WebSocketServer:
             err = f"connection lost: {exc}"
         finally:
             conn.mark_closed(err)
-            await asyncio.shield(self._close_and_notify(conn, ws, closing))
+            await asyncio.shield(self._close_and_notify(conn, ws, closing, worker))
+
+    async def _run_in_order(self, conn: Connection, pending, inbox: deque) -> None:
+        """Finish the waiting callback, then the frames that queued behind it.
+        Frames still queued when the server closed the connection are dropped;
+        those a client sent before leaving are still handled."""
+        await pending
+        while inbox and (not conn.closing or conn.close_code is None):
+            binary, data = inbox.popleft()
+            pending = self.vm.call_message(conn, binary, data)
+            if pending is not None:
+                await pending
+        inbox.clear()
+        conn.read_since = asyncio.get_running_loop().time()  # idle from now on
 
     async def _close_and_notify(self, conn: Connection, ws: web.WebSocketResponse,
-                                closing: "_CloseRequest") -> None:
+                                closing: "_CloseRequest", worker: asyncio.Task | None) -> None:
         try:
             await closing.finish()
         except Exception:  # the peer is gone; nothing left to flush
             pass
         finally:
             self.conns.discard(conn)
+        if worker is not None and not worker.done():
+            self.vm.end_waits(conn)
+            await worker
         pending = self.vm.call(conn, "on_close", conn.id_bytes,
                                conn.close_err.encode() if conn.close_err else None)
         if pending is not None:

@@ -351,3 +351,37 @@ async def test_mesh_send_to_a_closed_client_is_an_err(engine):
 async def test_server_option(engine, name, expected):
     ws = await engine.connect()
     assert await ask(ws, f"return mix.server.option({name})") == [expected]
+
+
+WAIT_FOREVER = """
+function on_message(msg)
+    local conn = mix.websocket()
+    if msg.data == "wait" then
+        local v = conn:wait_context_value("never")
+        mix.queue.push("ended", v == nil and "nil" or v)
+        return
+    end
+    mix.queue.push("seen", msg.data)
+end
+function on_close(client_id, err)
+    mix.queue.push("closed", err or "clean")
+end
+"""
+
+
+async def test_client_leaving_ends_a_wait_and_runs_on_close(start_engine):
+    """A callback waiting without a timeout ends (nil) when its client leaves;
+    frames the client sent behind it are still handled, then on_close runs."""
+    running = await start_engine(WAIT_FOREVER)
+    ws = await running.connect()
+    await ws.send_str("wait")
+    await ws.send_str("after")
+    await ws.close()
+    queues = running.engine.queues
+    for _ in range(100):
+        if queues.size("closed"):
+            break
+        await asyncio.sleep(0.05)
+    assert queues.pop("ended") == "nil"
+    assert queues.pop("seen") == "after"
+    assert queues.pop("closed") == "clean"
