@@ -9,8 +9,8 @@ import sys
 
 from . import logs
 from .config import ConfigError, load_settings
+from .checker import find_problems
 from .engine import Engine, StartupError
-from .lua.vm import LuaLoadError
 
 log = logging.getLogger("connmix")
 
@@ -30,10 +30,13 @@ def check(path: str) -> int:
     """Print each problem as one line with file (and line); 1 if any."""
     try:
         settings = load_settings(path)
-        engine = Engine(settings)
-        engine.load_scripts()
-    except (ConfigError, LuaLoadError) as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problems = find_problems(settings)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
         return 1
     print(f"{path}: ok ({len(settings.servers)} server(s))")
     return 0

@@ -163,3 +163,18 @@ async def test_dev_starts_despite_unknown_keys_and_stops_on_sigterm(tmp_path):
     output = "".join(lines) + rest.decode()
     assert output.count("bogusOption") == 1
     assert "Traceback" not in output
+
+
+def test_check_reports_every_problem(tmp_path):
+    """A broken module nobody requires yet and a runtime error while the
+    entry loads: both reported, one line each."""
+    config = write_config(tmp_path, lua="local x = nil\nlocal y = x.field\n")
+    (tmp_path / "protocols").mkdir()
+    (tmp_path / "protocols" / "codec.lua").write_text("return {\n  frame = function( end\n}\n")
+    result = connmix("check", "-f", str(config))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2, result.stderr
+    assert any("codec.lua:2:" in line for line in errors)
+    assert any("entry.lua:2:" in line and "attempt to index" in line for line in errors)
