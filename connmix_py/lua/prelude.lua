@@ -114,10 +114,16 @@ mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO
 local clock, sethook, collect, running = os.clock, debug.sethook, collectgarbage, coroutine.running
 local HOOK_EVERY = 10000
 local cpu_budget, memory_budget_kb = 1.0, 0
-local active, deadline = nil, nil
+local active, deadline, tripped = nil, nil, false
 
 local function check_budget()
     if active == nil or running() ~= active then
+        return
+    end
+    if not deadline then
+        -- The slice's first check starts its clock: a short callback, which
+        -- never gets here, never pays for reading the clock (a system call).
+        deadline = clock() + cpu_budget
         return
     end
     local message
@@ -130,6 +136,7 @@ local function check_budget()
         end
     end
     if message then
+        tripped = true
         sethook(check_budget, "", 1)
         error(message, 2)
     end
@@ -142,10 +149,13 @@ end
 
 -- Runs one slice of a callback (up to its end or its next wait) under the budgets.
 local function run_slice(co, ...)
-    active, deadline = co, clock() + cpu_budget
+    active, deadline = co, false
     local ok, a, b = resume(co, ...)
     active, deadline = nil, nil
-    sethook(check_budget, "", HOOK_EVERY)
+    if tripped then
+        tripped = false
+        sethook(check_budget, "", HOOK_EVERY)
+    end
     return ok, a, b
 end
 
