@@ -19,6 +19,7 @@ from ..config import ServerSettings
 from ..conn import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection
 from ..hub import Hub
 from ..lua.vm import LuaVM
+from ..textproto import first_values
 
 log = logging.getLogger("connmix.websocket")
 
@@ -28,17 +29,10 @@ MAX_INBOX = 256
 LOST_WITHOUT_CLOSE = "connection lost: closed by the client without a close frame"
 
 
-def canonical_header(name: str) -> str:
-    """Go's net/http header form (``Sec-Websocket-Key``), as CONNMIX scripts see it."""
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
-
-
 def handshake_tables(request: web.Request, remote: str) -> tuple[dict, dict]:
     """on_handshake's ``headers`` (first value of each, like Go's Header.Get)
     and ``server`` arguments."""
-    headers: dict[str, str] = {}
-    for name, value in request.headers.items():
-        headers.setdefault(canonical_header(name), value)
+    headers = first_values(request.headers.items())
     server = {
         "Method": request.method, "RequestUri": request.raw_path,
         "ServerProtocol": f"HTTP/{request.version.major}.{request.version.minor}",

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from ...textproto import first_values
 from ..convert import lua_type
 from .values import bad_argument, fail, lua_string
 
@@ -37,11 +38,6 @@ def parse_timeout(value: Any) -> float | None:
         if pos == len(text) and pos > 0 and total > 0:
             return total
     return None
-
-
-def canonical_header(name: str) -> str:
-    """Go's textproto canonical form: content-type -> Content-Type."""
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
 def basic_auth(user: bytes, password: bytes) -> str:
@@ -134,14 +130,11 @@ async def perform(session: aiohttp.ClientSession, req: Request) -> tuple[dict | 
             data=req.body, timeout=aiohttp.ClientTimeout(total=req.timeout), allow_redirects=True,
         ) as resp:
             content = await resp.read()
-            headers: dict[str, str] = {}
-            for key, value in resp.headers.items():
-                headers.setdefault(canonical_header(key), value)
             return {
                 "status_code": resp.status,
                 "body": content,
                 "body_size": len(content),
-                "headers": headers,
+                "headers": first_values(resp.headers.items()),
                 "cookies": {name: morsel.value for name, morsel in resp.cookies.items()},
                 "url": str(resp.url),
             }, None
