@@ -53,6 +53,9 @@ class ServerSettings:
     # wait in one connection's send queue before it is closed as too slow.
     max_message_size: int = 1024 * 1024
     max_send_queue: int = 4 * 1024 * 1024
+    # ours, socket servers: the most input bytes a connection may buffer
+    # without protocol_input finding a complete packet in them.
+    max_packet_size: int = 1024 * 1024
 
     @property
     def path(self) -> str:
@@ -156,6 +159,7 @@ _SERVER_KEYS = {
     "readTimeout": ("read_timeout", _seconds), "writeTimeout": ("write_timeout", _seconds),
     "maxMessageSize": ("max_message_size", _positive_int),
     "maxSendQueue": ("max_send_queue", _positive_int),
+    "maxPacketSize": ("max_packet_size", _positive_int),
 }
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
@@ -297,7 +301,5 @@ def load_settings(path: str) -> Settings:
 def check_entries(settings: Settings) -> None:
     """Every entry script must exist; raises ConfigError naming the key."""
     for i, server in enumerate(settings.servers):
-        if server.protocol == "socket":
-            raise ConfigError(f"engine.servers[{i}].protocol: socket servers are not supported yet")
         if not os.path.isfile(server.entry):
             raise ConfigError(f"engine.servers[{i}].entry: file not found: {server.entry}")

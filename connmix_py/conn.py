@@ -5,12 +5,18 @@ is the send queue. It is bounded twice: by size (``max_send_queue`` bytes)
 and by time (a frame that stays unflushed past ``write_timeout`` seconds).
 A connection over either bound is aborted as a slow client, so publishers
 are never slowed and memory stays bounded.
+
+What goes on the wire is the connection kind's business: each connection
+has an ``encoder`` turning a payload into its wire bytes (a websocket frame,
+or the socket server's ``protocol_encode``). Connections sharing an encoder
+get the same bytes for the same payload, so a publish encodes once per
+encoder, not once per subscriber.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import frames
 
@@ -27,17 +33,26 @@ CLOSE_INTERNAL_ERROR = 1011
 # Frames a connection may hold before its upgrade completes (sent on open).
 _MAX_PENDING_FRAMES = 1024
 
+# (payload, binary, target connection or None for a publish) -> wire bytes;
+# raises EncodeError when the payload cannot be encoded (the send fails).
+Encoder = Callable[[bytes, bool, Optional["Connection"]], bytes]
+
+
+class EncodeError(Exception):
+    """A payload cannot be encoded for a connection (e.g. protocol_encode failed)."""
+
 
 class Connection:
     __slots__ = (
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
-        "_pending", "_closer", "_loop",
+        "encoder", "session", "_pending", "_closer", "_loop",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
-                 max_send_queue: int, write_timeout: float, read_timeout: float) -> None:
+                 max_send_queue: int, write_timeout: float, read_timeout: float,
+                 encoder: Encoder = frames.websocket_wire, session: Any = None) -> None:
         self.client_id = client_id
         self.id_bytes = client_id.encode()
         self.server = server
@@ -58,6 +73,9 @@ class Connection:
         self.sent_total = 0
         self.blocked_since: float | None = None
         self.block_mark = 0
+        self.encoder = encoder
+        # The server's per-connection state (a socket connection's input buffer).
+        self.session = session
         self._pending: list[bytes] | None = []
         self._closer: Callable[[int], None] | None = None
 
@@ -103,10 +121,21 @@ class Connection:
     # -- sending -----------------------------------------------------------------
 
     def send(self, data: bytes, binary: bool = False) -> bool:
-        return self.write_frame(frames.binary_frame(data) if binary else frames.text_frame(data))
+        """Encode for this connection and queue; False if that fails."""
+        return self.deliver(data, binary) is None
+
+    def deliver(self, data: bytes, binary: bool = False) -> str | None:
+        """Encode for this connection and queue; None when queued, else why not."""
+        if self.closing:
+            return "connection closed"
+        try:
+            wire = self.encoder(data, binary, self)
+        except EncodeError as exc:
+            return str(exc)
+        return None if self.write_frame(wire) else "connection closed"
 
     def write_frame(self, frame: bytes) -> bool:
-        """Queue an encoded frame; False if the connection cannot take it."""
+        """Queue encoded wire bytes; False if the connection cannot take it."""
         if self.closing:
             return False
         transport = self.transport
@@ -140,7 +169,7 @@ class Connection:
             return
         if (not self.closing and self.read_timeout and self.read_since is not None
                 and now - self.read_since > self.read_timeout):
-            self.close(CLOSE_POLICY, f"read timeout: no frame for {self.read_timeout:g}s")
+            self.close(CLOSE_POLICY, f"read timeout: nothing received for {self.read_timeout:g}s")
         if self.blocked_since is None:
             return
         queued = transport.get_write_buffer_size()

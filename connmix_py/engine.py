@@ -23,7 +23,10 @@ from .lua.vm import LuaLoadError, LuaVM
 from .mesh import Mesh
 from .queue import Queues
 from .redis_pools import RedisPools
+from .servers.socket import SocketServer
 from .servers.websocket import WebSocketServer
+
+SERVER_KINDS = {"websocket": WebSocketServer, "socket": SocketServer}
 
 log = logging.getLogger("connmix.engine")
 
@@ -41,7 +44,7 @@ class Engine:
         luavm = self.settings.luavm
         self.queues = Queues(luavm.queue_topic_size, luavm.queue_max_topics)
         self.redis = RedisPools(luavm.redis)
-        self.servers: list[WebSocketServer] = []
+        self.servers: list[WebSocketServer | SocketServer] = []
         self.vms: list[LuaVM] = []
         self.api_port = self.settings.api_server.port
         self._api_runner: web.AppRunner | None = None
@@ -71,11 +74,12 @@ class Engine:
         try:
             for i, (server, vm) in enumerate(zip(self.settings.servers, self.vms)):
                 where = f"engine.servers[{i}]"
-                ws_server = WebSocketServer(server, vm, self.hub, self.ids.next)
-                await ws_server.start()
-                self.servers.append(ws_server)
+                listener = SERVER_KINDS[server.protocol](server, vm, self.hub, self.ids.next)
+                await listener.start()
+                self.servers.append(listener)
+                path = server.path if server.protocol == "websocket" else ""
                 log.info("%s server on %s:%d%s, entry %s", server.protocol, server.bind,
-                         ws_server.port, server.path, server.entry)
+                         listener.port, path, server.entry)
             where = "engine.apiServer"
             await self._start_api()
             for server, vm in zip(self.settings.servers, self.vms):

@@ -1,7 +1,7 @@
 """WebSocket frames a server sends (RFC 6455, unmasked). Pure functions, no I/O.
 
 A publish encodes its frame once with these and writes the same bytes to
-every subscriber.
+every websocket subscriber.
 """
 from __future__ import annotations
 
@@ -33,3 +33,8 @@ def text_frame(payload: bytes) -> bytes:
 
 def binary_frame(payload: bytes) -> bytes:
     return encode_frame(payload, OP_BINARY)
+
+
+def websocket_wire(payload: bytes, binary: bool = False, conn: object = None) -> bytes:
+    """A websocket connection's encoder (see conn.Encoder): one frame; never fails."""
+    return encode_frame(payload, OP_BINARY if binary else OP_TEXT)

@@ -1,16 +1,21 @@
-"""This node's connections and its channel -> connections index; fan-out."""
+"""This node's connections and its channel -> connections index; fan-out.
+
+A channel's members are grouped by their connection's encoder (conn.Encoder):
+a publish encodes the payload once per group (one websocket frame for every
+websocket subscriber, one ``protocol_encode`` per socket server) and writes
+the same bytes to each member of the group.
+"""
 from __future__ import annotations
 
 from typing import Iterator
 
-from . import frames
-from .conn import Connection
+from .conn import Connection, EncodeError, Encoder
 
 
 class Hub:
     def __init__(self) -> None:
         self.conns: dict[str, Connection] = {}
-        self.channels: dict[str, set[Connection]] = {}
+        self.channels: dict[str, dict[Encoder, set[Connection]]] = {}
         self.subscriptions = 0
 
     def add(self, conn: Connection) -> None:
@@ -32,9 +37,12 @@ class Hub:
         if channel in conn.channels:
             return
         conn.channels.add(channel)
-        members = self.channels.get(channel)
+        groups = self.channels.get(channel)
+        if groups is None:
+            groups = self.channels[channel] = {}
+        members = groups.get(conn.encoder)
         if members is None:
-            members = self.channels[channel] = set()
+            members = groups[conn.encoder] = set()
         members.add(conn)
         self.subscriptions += 1
 
@@ -42,26 +50,37 @@ class Hub:
         if channel not in conn.channels:
             return
         conn.channels.discard(channel)
-        members = self.channels.get(channel)
-        if members is not None:
-            members.discard(conn)
-            if not members:
+        groups = self.channels.get(channel)
+        if groups is not None:
+            members = groups.get(conn.encoder)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del groups[conn.encoder]
+            if not groups:
                 del self.channels[channel]
         self.subscriptions -= 1
 
     def publish(self, channel: str, data: bytes, binary: bool = False) -> tuple[int, int]:
-        """Write one frame to every subscriber; (delivered, failed) counts."""
-        members = self.channels.get(channel)
-        if not members:
+        """Encode once per encoder, write to every subscriber; (delivered, failed)."""
+        groups = self.channels.get(channel)
+        if not groups:
             return 0, 0
-        frame = frames.binary_frame(data) if binary else frames.text_frame(data)
-        delivered = 0
-        # A write may abort a slow client, which changes the set: iterate a copy.
-        targets = tuple(members)
-        for conn in targets:
-            if conn.write_frame(frame):
-                delivered += 1
-        return delivered, len(targets) - delivered
+        delivered = failed = 0
+        # Encoding may run Lua and a write may abort a slow client; both can
+        # change the index: iterate copies.
+        for encoder, members in tuple(groups.items()):
+            try:
+                wire = encoder(data, binary, None)
+            except EncodeError:  # the encoder logged why
+                failed += len(members)
+                continue
+            for conn in tuple(members):
+                if conn.write_frame(wire):
+                    delivered += 1
+                else:
+                    failed += 1
+        return delivered, failed
 
     def stats(self) -> dict[str, int]:
         return {"connections": len(self.conns), "channels": len(self.channels),

@@ -5,14 +5,24 @@ local py = ...
 
 local create, resume, status, yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
 local traceback, rawget, type, setmetatable = debug.traceback, rawget, type, setmetatable
+local select, unpack, floor = select, unpack, math.floor
 
 -- A waiting call yields this marker and a Python handle; the driver awaits
 -- the handle on the event loop and resumes the coroutine with its results.
 local AWAIT = {}
 
+-- The protocol_* callback running, if any: those frame bytes and must not
+-- wait (protocol_encode runs inside a publish).
+local in_protocol = nil
+
 local function await(handle, err)
     if handle == nil then
         return nil, err
+    end
+    if in_protocol then
+        -- level 3: the script's line calling mix.http.request, redis, ...
+        error(in_protocol .. " cannot wait (mix.http.request, redis, wait_context_value); "
+            .. "wait in on_message instead", 3)
     end
     return yield(AWAIT, handle)
 end
@@ -35,6 +45,17 @@ function Conn:send(data, kind) return py.send(self.id, data, kind) end
 function Conn:close() return py.close(self.id) end
 
 local conns = {}
+local feeding = {}  -- client id -> the socket input being framed (see feed)
+
+-- Socket connections: drop the buffered input, including the rest of what
+-- the running feed has not framed yet.
+function Conn:clear_buffer()
+    local state = feeding[self.id]
+    if state then
+        state.base = #state.data
+    end
+    return py.clear_buffer(self.id)
+end
 local current = nil
 
 local function conn_object(id)
@@ -101,6 +122,53 @@ function mix.websocket()
     return conn_object(current)
 end
 
+mix.socket = { tcp = mix.websocket }
+
+-- mix.buffer: the read-only view of a socket connection's buffered input
+-- that protocol_input gets; mix.buffer.new(s) makes one from a string.
+-- Positions count from the view's start, which is `base` bytes into `data`.
+
+local Buffer = {}
+Buffer.__index = Buffer
+
+local function new_buffer(data, base)
+    return setmetatable({ _data = data, _base = base, _pos = base }, Buffer)
+end
+
+function Buffer.new(data)
+    if type(data) ~= "string" then
+        return nil, "bad argument #1 to 'new' (string expected, got " .. type(data) .. ")"
+    end
+    return new_buffer(data, 0)
+end
+
+function Buffer:tostring()
+    if self._base == 0 then
+        return self._data
+    end
+    return self._data:sub(self._base + 1)
+end
+
+function Buffer:length() return #self._data - self._base end
+function Buffer:position() return self._pos - self._base end
+
+-- s, err = buf:read(n): the next n bytes; nil, err (nothing read) when fewer remain.
+function Buffer:read(n)
+    if type(n) ~= "number" or n < 0 or n ~= floor(n) then
+        return nil, "bad argument #1 to 'read' (non-negative integer expected, got " .. tostring(n) .. ")"
+    end
+    local pos = self._pos
+    local left = #self._data - pos
+    if n > left then
+        return nil, "buffer: " .. n .. " bytes asked, " .. left .. " left"
+    end
+    self._pos = pos + n
+    return self._data:sub(pos + 1, pos + n)
+end
+
+Buffer.__tostring = Buffer.tostring
+mix.buffer = Buffer
+
 -- CONNMIX's default script declares these as locals; the article's script
 -- uses them without declaring them, so they are globals too.
 mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO, mix.WARN, mix.ERROR
@@ -147,11 +215,14 @@ local function set_budgets(cpu_seconds, memory_mb)
     sethook(check_budget, "", HOOK_EVERY)
 end
 
--- Runs one slice of a callback (up to its end or its next wait) under the budgets.
+-- Runs one slice of a callback (up to its end or its next wait) under the
+-- budgets. Slices nest (protocol_encode runs inside conn:send inside a
+-- callback): the outer slice's budget state comes back afterwards.
 local function run_slice(co, ...)
-    active, deadline = co, false
+    local outer_active, outer_deadline, outer_protocol = active, deadline, in_protocol
+    active, deadline, in_protocol = co, false, nil
     local ok, a, b = resume(co, ...)
-    active, deadline = nil, nil
+    active, deadline, in_protocol = outer_active, outer_deadline, outer_protocol
     if tripped then
         tripped = false
         sethook(check_budget, "", HOOK_EVERY)
@@ -166,24 +237,36 @@ local function enter(id)
     conn = id and conn_object(id) or nil
 end
 
+-- The callback a socket feed is running, for error messages.
+local stage_of = setmetatable({}, { __mode = "k" })
+
 -- Turns one slice into what the driver needs: ("done", value),
--- ("error", message) or ("wait", coroutine, handle).
+-- ("error", message[, callback name]) or ("wait", coroutine, handle).
 local function step(co, ok, a, b)
     if status(co) == "dead" then
         enter(nil)
-        if not ok then return "error", a end
+        if not ok then return "error", a, stage_of[co] end
         if a then return "done", b end
-        return "error", b
+        return "error", b, stage_of[co]
     end
     if a ~= AWAIT then
         enter(nil)
-        return "error", "coroutine.yield called outside a coroutine of the script"
+        return "error", "coroutine.yield called outside a coroutine of the script", stage_of[co]
     end
     return "wait", co, b
 end
 
 local function run(fn, ...)
     return xpcall(fn, traceback, ...)
+end
+
+-- Scripts for older CONNMIX releases take the connection as an extra last
+-- argument of every callback (on_close(client_id, err, conn)).
+local function with_conn(c, ...)
+    local n = select("#", ...)
+    local args = { ... }
+    args[n + 1] = c
+    return unpack(args, 1, n + 1)
 end
 
 local function dispatch(id, name, ...)
@@ -193,7 +276,7 @@ local function dispatch(id, name, ...)
     end
     enter(id)
     local co = create(run)
-    return step(co, run_slice(co, fn, ...))
+    return step(co, run_slice(co, fn, with_conn(conn, ...)))
 end
 
 local function dispatch_message(id, kind, data)
@@ -219,6 +302,105 @@ end
 
 local function forget(id)
     conns[id] = nil
+    feeding[id] = nil
 end
 
-return dispatch, dispatch_message, continue, forget, load_chunk, set_budgets
+-- socket protocol ------------------------------------------------------------
+-- The engine buffers a socket connection's input; the script frames it. One
+-- feed (a coroutine) frames a snapshot of the buffer: protocol_input says
+-- how long the next packet is, protocol_decode turns it into a message,
+-- on_message handles it (and may wait); then the next packet, until
+-- protocol_input asks for more bytes. The feed returns how many bytes it
+-- framed (-1: protocol_input asked to disconnect); the driver drops them.
+-- Missing callbacks: no protocol_input frames all there is as one packet,
+-- no protocol_decode passes the packet on as it is.
+
+local function protocol_call(name, fn, ...)
+    in_protocol = name
+    local value = fn(...)
+    in_protocol = nil
+    return value
+end
+
+local function packet_length(n, available)
+    if type(n) ~= "number" or n ~= floor(n) then
+        local shown = type(n) == "number" and tostring(n) or type(n)
+        error("protocol_input must return an integer (packet length, 0 to wait for more, "
+            .. "-1 to disconnect), got " .. shown, 0)
+    end
+    if n < -1 or n > available then
+        error("protocol_input returned " .. n .. " with " .. available
+            .. " bytes buffered (expected 0.." .. available .. " or -1)", 0)
+    end
+    return n
+end
+
+local function feed(id, state)
+    local c, data, co = conn_object(id), state.data, running()
+    local input, decode = rawget(_G, "protocol_input"), rawget(_G, "protocol_decode")
+    while state.base < #data do
+        local base = state.base
+        local n = #data - base
+        if type(input) == "function" then
+            stage_of[co], deadline = "protocol_input", false
+            n = packet_length(protocol_call("protocol_input", input, new_buffer(data, base), c), n)
+        end
+        if n == 0 then
+            break
+        end
+        if n == -1 then
+            feeding[id] = nil
+            return -1
+        end
+        if state.base == base then  -- else clear_buffer dropped it all already
+            state.base = base + n
+        end
+        local msg = data:sub(base + 1, base + n)
+        if type(decode) == "function" then
+            stage_of[co], deadline = "protocol_decode", false
+            msg = protocol_call("protocol_decode", decode, msg, c)
+        end
+        local handle = rawget(_G, "on_message")
+        if msg ~= nil and type(handle) == "function" then
+            stage_of[co], deadline = "on_message", false
+            handle(msg, c)
+        end
+    end
+    feeding[id] = nil
+    return state.base
+end
+
+local function dispatch_input(id, data)
+    enter(id)
+    local state = { data = data, base = 0 }
+    feeding[id] = state
+    local co = create(run)
+    return step(co, run_slice(co, feed, id, state))
+end
+
+-- protocol_encode(data[, conn]) for a send (id given) or a publish (nil):
+-- ("done", bytes), ("error", message) or "missing". Never waits: it runs
+-- inside a publish, possibly inside another callback.
+local function encode(id, data)
+    local fn = rawget(_G, "protocol_encode")
+    if type(fn) ~= "function" then
+        return "missing"
+    end
+    local co = create(run)
+    local _, ok, wire = run_slice(co, protocol_call, "protocol_encode", fn, data, id and conn_object(id) or nil)
+    if status(co) ~= "dead" then
+        return "error", "protocol_encode cannot yield"
+    end
+    if not ok then
+        return "error", wire
+    end
+    if type(wire) ~= "string" then
+        return "error", "protocol_encode must return a string, got " .. type(wire)
+    end
+    if wire == "" then
+        return "error", "protocol_encode returned an empty string (nothing to send)"
+    end
+    return "done", wire
+end
+
+return dispatch, dispatch_message, continue, forget, load_chunk, set_budgets, dispatch_input, encode

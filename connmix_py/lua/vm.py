@@ -17,7 +17,7 @@ import aiohttp
 from lupa import luajit21 as lupa_rt
 
 from ..config import LuaVmSettings, ServerSettings
-from ..conn import CLOSE_INTERNAL_ERROR, Connection
+from ..conn import CLOSE_INTERNAL_ERROR, Connection, EncodeError
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
@@ -30,6 +30,7 @@ from .mixlib import mesh as mesh_lib
 from .mixlib import queue as queue_lib
 from .mixlib import redis as redis_lib
 from .mixlib import server as server_lib
+from .mixlib import socket as socket_lib
 from .mixlib import php as php_lib
 from .mixlib import strings as strings_lib
 from .mixlib import urls as urls_lib
@@ -38,7 +39,7 @@ log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
-           codec_lib, php_lib, urls_lib)
+           codec_lib, php_lib, urls_lib, socket_lib)
 
 
 # Multi-tenant deployments: no processes, files or loading of code by scripts.
@@ -110,7 +111,8 @@ class LuaVM:
             raise
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
-        (self._dispatch, self._dispatch_message, self._continue, self._forget) = functions
+        (self._dispatch, self._dispatch_message, self._continue, self._forget,
+         self._dispatch_input, self._encode) = functions
         sources.update(file_times(self._required_files()))
         self._sources = sources
 
@@ -144,7 +146,8 @@ class LuaVM:
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
         with open(PRELUDE, "rb") as f:
             prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
-        dispatch, dispatch_message, cont, forget, load_chunk, set_budgets = prelude(py)
+        (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
+         dispatch_input, encode) = prelude(py)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
         set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget)
@@ -160,7 +163,7 @@ class LuaVM:
                                "cannot run while the script loads; call them in callbacks")
         if outcome[0] == b"error":
             raise LuaLoadError(_text(outcome[1]))
-        return dispatch, dispatch_message, cont, forget
+        return dispatch, dispatch_message, cont, forget, dispatch_input, encode
 
     def reload_if_changed(self) -> bool:
         """Hot update: load the scripts again if a .lua file beside the entry
@@ -211,8 +214,8 @@ class LuaVM:
         self._finish(conn, name, outcome)
         return None
 
-    async def _drive_and_finish(self, conn: Connection, name: str, co: Any, handle: Any) -> None:
-        self._finish(conn, name, await self._drive(conn, co, handle))
+    async def _drive_and_finish(self, conn: Connection, name: str, co: Any, handle: Any) -> Any:
+        return self._finish(conn, name, await self._drive(conn, co, handle))
 
     async def _drive(self, conn: Connection, co: Any, handle: Any) -> Any:
         cont = self._continue  # the state this callback started in, even after a hot update
@@ -236,11 +239,41 @@ class LuaVM:
         state, value = outcome[0], outcome[1] if len(outcome) > 1 else None
         if state == b"done":
             return value
+        if len(outcome) > 2 and outcome[2]:  # the socket callback that failed
+            name = _text(outcome[2])
         message = _text(value)
         log.error("%s: %s failed for client %s: %s", self.name, name, conn.client_id, message)
         if name != "on_close":
             conn.close(CLOSE_INTERNAL_ERROR, f"lua error: {message.splitlines()[0]}")
         return None
+
+    # -- socket protocol (SPEC 3, "socket protocol callbacks") -------------------
+
+    def feed(self, conn: Connection, data: bytes) -> int | None | Awaitable:
+        """Frame a socket connection's buffered input: protocol_input, then
+        protocol_decode and on_message for each complete packet, in order.
+        Returns how many bytes were framed (the caller drops them), -1 when
+        protocol_input asked to disconnect, None after an error (logged, the
+        connection closing); or an awaitable of that when on_message waits."""
+        self._current = conn
+        outcome = self._dispatch_input(conn.id_bytes, data)
+        if type(outcome) is tuple and outcome[0] == b"wait":
+            return self._drive_and_finish(conn, "on_message", outcome[1], outcome[2])
+        return self._finish(conn, "protocol_input", outcome)
+
+    def encode(self, conn: Connection | None, payload: bytes) -> bytes:
+        """protocol_encode(payload[, conn]): the wire bytes. ``conn`` is None
+        for a publish (encoded once for all). Raises EncodeError (logged)."""
+        outcome = self._encode(conn.id_bytes if conn is not None else None, payload)
+        if outcome == b"missing":
+            return payload
+        if outcome[0] == b"done":
+            return outcome[1]
+        message = _text(outcome[1])
+        target = f"client {conn.client_id}" if conn is not None else "a publish"
+        log.error("%s: protocol_encode failed for %s: %s", self.name, target, message)
+        first = message.splitlines()[0] if message else "failed"
+        raise EncodeError(first if first.startswith("protocol_encode") else f"protocol_encode: {first}")
 
     def has(self, name: str) -> bool:
         return self.runtime.globals()[name.encode()] is not None

@@ -130,7 +130,8 @@ def bridge(vm) -> dict:
             return bad_argument(1, "send", "string", data)[1]
         if binary is None:
             return bad_argument(2, "send", "'text' or 'binary'", kind)[1]
-        return None if conn.send(payload, binary) else CLOSED
+        failure = conn.deliver(payload, binary)  # why not sent: closed, protocol_encode failed
+        return None if failure is None else failure.encode()
 
     def close(cid, *_):
         conn = lookup(cid)
