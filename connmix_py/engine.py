@@ -93,7 +93,7 @@ class Engine:
         api = self.settings.api_server
         app = web.Application(client_max_size=16 * 1024 * 1024)
         http_api.add_routes(app, self.mesh, self.stats)
-        ws_api.add_routes(app, self.mesh)
+        ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._api_runner.setup()
         site = web.TCPSite(self._api_runner, api.bind, api.port, backlog=1024)

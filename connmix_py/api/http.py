@@ -1,4 +1,4 @@
-"""The HTTP API on apiServer: /v1/mesh/*, /v1/stats, /healthz."""
+"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /healthz."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -7,6 +7,7 @@ import orjson
 from aiohttp import web
 
 from . import requests
+from .conn_call import conn_call
 from .requests import ApiError, invalid
 
 
@@ -43,5 +44,7 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict]) -> None:
 
     app.router.add_post("/v1/mesh/publish", endpoint(requests.publish))
     app.router.add_post("/v1/mesh/send", endpoint(requests.send))
+    # ours: CONNMIX has conn.call on the WebSocket API only.
+    app.router.add_post("/v1/conn/call", endpoint(conn_call))
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/healthz", healthz)

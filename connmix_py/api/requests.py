@@ -6,7 +6,12 @@ import base64
 import binascii
 from typing import Any
 
+# CONNMIX's error codes, in one table.
 INVALID_ARGUMENT = 101
+CONSUME_FAILED = 201
+ALREADY_CONSUMED = 202
+UNPOP_FAILED = 203
+CALL_FAILED = 301
 SEND_FAILED = 401
 
 
@@ -22,6 +27,12 @@ class ApiError(Exception):
 
 def invalid(message: str) -> ApiError:
     return ApiError(INVALID_ARGUMENT, message)
+
+
+def params_object(params: Any) -> dict:
+    if not isinstance(params, dict):
+        raise invalid("params must be a JSON object")
+    return params
 
 
 def delivery(params: Any, target: str) -> tuple[str, bytes, bool]:

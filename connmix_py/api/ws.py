@@ -1,14 +1,22 @@
 """The WebSocket API on apiServer (/ws/v1): pipelined requests, replies
-carry the request's id."""
+carry the request's id.
+
+Most methods are stateless (``METHODS``); ``queue.pop`` and ``queue.unpop``
+belong to the connection they arrive on (``queue_consumer.METHODS``).
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from . import requests
+from ..queue import Queues
+from . import queue_consumer, requests
+from .conn_call import conn_call
+from .queue_consumer import ApiConsumer
 from .requests import ApiError, invalid
 
 log = logging.getLogger("connmix.api")
@@ -16,10 +24,11 @@ log = logging.getLogger("connmix.api")
 METHODS: dict[str, Callable[[Any, Any], Any]] = {
     "mesh.publish": requests.publish,
     "mesh.send": requests.send,
+    "conn.call": conn_call,
 }
 
 
-def handle_request(mesh, text: str | bytes) -> bytes:
+def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None) -> bytes:
     """One request frame -> one reply frame."""
     request_id = None
     try:
@@ -33,24 +42,49 @@ def handle_request(mesh, text: str | bytes) -> bytes:
         name = request.get("m")
         method = METHODS.get(name) if isinstance(name, str) else None
         if method is None:
-            raise invalid(f"unknown method {name!r}")
+            bound = queue_consumer.METHODS.get(name) if isinstance(name, str) and consumer is not None else None
+            if bound is None:
+                raise invalid(f"unknown method {name!r}")
+            return orjson.dumps({"E": None, "r": bound(consumer, request.get("p")), "i": request_id})
         return orjson.dumps({"E": None, "r": method(mesh, request.get("p")), "i": request_id})
     except ApiError as error:
         return orjson.dumps({"E": error.body(), "i": request_id})
 
 
-def add_routes(app: web.Application, mesh) -> None:
+def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id: int = 1) -> None:
+    queues = queues if queues is not None else Queues(2000, 100)
+    # Every API connection may consume: each has its (idle) consumer.
+    connections: set[ApiConsumer] = set()
+
     async def websocket_api(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                if msg.data == "ping":
-                    await ws.send_str("pong")
-                    continue
-                await ws.send_frame(handle_request(mesh, msg.data), WSMsgType.TEXT)
-            elif msg.type is WSMsgType.BINARY:
-                await ws.send_frame(handle_request(mesh, msg.data), WSMsgType.TEXT)
+        if request.transport is None:  # the client left during the upgrade
+            return ws
+        consumer = ApiConsumer(ws, request.transport, queues, node_id)
+        connections.add(consumer)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    if msg.data == "ping":
+                        await ws.send_str("pong")
+                        continue
+                    await ws.send_frame(handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
+                elif msg.type is WSMsgType.BINARY:
+                    await ws.send_frame(handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
+        finally:
+            connections.discard(consumer)
+            consumer.close()
         return ws
 
+    async def close_all(app: web.Application) -> None:
+        # Without this, shutting the API down waits for every open API
+        # connection to end by itself (aiohttp's 60 s shutdown timeout).
+        open_now = list(connections)
+        for consumer in open_now:
+            consumer.close()
+        await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                               for c in open_now), return_exceptions=True)
+
+    app.on_shutdown.append(close_all)
     app.router.add_get("/ws/v1", websocket_api)

@@ -1,4 +1,7 @@
-"""mix.queue.push(topic, data): hand work to backend consumers."""
+"""mix.queue.push(topic, data): hand work to backend consumers.
+
+Each item records the client id of the connection whose callback pushed it
+(the ``c`` of the queue.pop event), so a consumer can answer that client."""
 from __future__ import annotations
 
 from ...queue import QueueFull
@@ -37,8 +40,12 @@ def bridge(vm) -> dict:
             item = _item(data)
         except ConversionError as exc:
             return fail(f"push: {exc}")
+        # The VM names the connection whose callback is running (None while
+        # the entry script itself loads).
+        current = vm._current
+        client_id = current.client_id if current is not None else None
         try:
-            return queues.push(name.decode("utf-8", "replace"), item), None
+            return queues.push(name.decode("utf-8", "replace"), item, client_id), None
         except QueueFull as exc:
             return fail(str(exc))
 

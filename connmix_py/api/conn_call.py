@@ -1,0 +1,107 @@
+"""conn.call: a backend changes one client's subscriptions or context.
+
+``{"c": client_id, "f": function, "a": [arguments]}`` runs the connection
+method of that name as if the client's script had called it; a
+``wait_context_value`` waiting in that client's script wakes up. Bad
+params are 101; an unknown or closed client is 301.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..lua.convert import MAX_DEPTH
+from .requests import CALL_FAILED, ApiError, invalid, params_object
+
+
+def conn_call(mesh, params: Any) -> dict[str, bool]:
+    params = params_object(params)
+    client_id = params.get("c")
+    if not isinstance(client_id, str) or not client_id:
+        raise invalid("c must be a non-empty string (client id)")
+    name = params.get("f")
+    function = FUNCTIONS.get(name) if isinstance(name, str) else None
+    if function is None:
+        raise invalid(f"f must be one of {', '.join(FUNCTIONS)} (got {name!r})")
+    args = params.get("a", [])
+    if not isinstance(args, list):
+        raise invalid("a must be an array of arguments")
+    prepare, apply = function
+    prepared = prepare(args)
+    conn = mesh.hub.get(client_id)
+    if conn is None or conn.closing:
+        raise ApiError(CALL_FAILED, f"execution failed: client {client_id} not found or closed")
+    apply(mesh.hub, conn, prepared)
+    return {"s": True}
+
+
+# -- validating the arguments (101 on any mistake) ---------------------------------
+
+
+def _channels(args: list) -> list[str]:
+    if not args:
+        raise invalid("a must list at least one channel")
+    for i, channel in enumerate(args):
+        if not isinstance(channel, str) or not channel or " " in channel:
+            raise invalid(f"a[{i}] must be a channel: a non-empty string without spaces")
+    return args
+
+
+def _context(args: list) -> dict:
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise invalid("a must be [object]: the new context")
+    return _stored(args[0], 0)
+
+
+def _context_value(args: list) -> tuple[str, Any]:
+    if len(args) != 2 or not isinstance(args[0], str) or not args[0]:
+        raise invalid("a must be [key, value] with a non-empty string key")
+    return args[0], _stored(args[1], 0)
+
+
+def _stored(value: Any, depth: int) -> Any:
+    """A JSON value as the context keeps it: strings as bytes, like the
+    values a script stores; nested no deeper than a script can read back."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (dict, list)):
+        if depth >= MAX_DEPTH:
+            raise invalid(f"a: value nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            return {k: _stored(v, depth + 1) for k, v in value.items()}
+        return [_stored(v, depth + 1) for v in value]
+    return value
+
+
+# -- applying them -------------------------------------------------------------------------
+
+
+def _subscribe(hub, conn, channels: list[str]) -> None:
+    for channel in channels:
+        hub.subscribe(conn, channel)
+
+
+def _unsubscribe(hub, conn, channels: list[str]) -> None:
+    for channel in channels:
+        hub.unsubscribe(conn, channel)
+
+
+def _set_context(hub, conn, context: dict) -> None:
+    conn.context = context
+    conn.server.vm.context_changed(conn)
+
+
+def _set_context_value(hub, conn, key_value: tuple[str, Any]) -> None:
+    key, value = key_value
+    if value is None:  # like Lua's nil: the key goes away
+        conn.context.pop(key, None)
+    else:
+        conn.context[key] = value
+    conn.server.vm.context_changed(conn)
+
+
+FUNCTIONS: dict[str, tuple[Callable[[list], Any], Callable[[Any, Any, Any], None]]] = {
+    "subscribe": (_channels, _subscribe),
+    "unsubscribe": (_channels, _unsubscribe),
+    "set_context": (_context, _set_context),
+    "set_context_value": (_context_value, _set_context_value),
+}

@@ -1,0 +1,43 @@
+"""The client's errors: one base class, and the engine's answer codes."""
+from __future__ import annotations
+
+# The API's error codes (SPEC section 5 and 6).
+INVALID_ARGUMENT = 101
+CONSUME_FAILED = 201
+ALREADY_CONSUMED = 202
+UNPOP_FAILED = 203
+CALL_FAILED = 301
+SEND_FAILED = 401
+
+
+class ConnmixError(Exception):
+    """Every error this client raises."""
+
+
+class ApiError(ConnmixError):
+    """The engine answered with an error: ``code`` is the API's code
+    (101 invalid argument, 201/202/203 queue, 301 conn.call, 401 send)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class TransportError(ConnmixError):
+    """No answer from the engine: it cannot be reached, the connection was
+    lost before the reply (the request may or may not have run), the
+    request timed out, or an HTTP status came back instead of an API reply
+    (``status``: e.g. 401 wrong credentials, 403 missing role)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def result_of(reply: dict) -> dict:
+    """The ``r`` of an API reply; raises ApiError for an ``E``."""
+    error = reply.get("E")
+    if error:
+        raise ApiError(error.get("c", 0), error.get("m", ""))
+    return reply.get("r")
