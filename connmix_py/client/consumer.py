@@ -12,8 +12,9 @@ topics. ``stop()`` ends consumption gracefully: the engine stops sending
 iteration ends; items not yet sent stay queued in the engine for others.
 
 Flow control: at most ``buffer`` received events wait for the loop body;
-beyond that the consumer stops reading, the engine sees a full socket and
-hands further items to other consumers (or keeps them queued).
+beyond that the consumer stops reading. Once the socket buffers between it
+and the engine are full too (the kernel's: up to megabytes), the engine
+hands further items to other consumers, or keeps them queued.
 """
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ class Consumer:
                 await asyncio.gather(self._task, return_exceptions=True)
         if self._events:
             log.warning("consumer closed with %d received events not iterated", len(self._events))
+            self._events.clear()
         self._end()
 
     async def __aenter__(self) -> "Consumer":
@@ -152,16 +154,22 @@ class Consumer:
                     connections += 1
                     self.reconnects = connections - 1
                     try:
-                        if await self._consume(ws):
-                            delay = self._min_backoff  # it worked: start the backoff over
+                        await self._consume(ws)
                     except (ConnectionError, aiohttp.ClientError):
                         pass  # lost mid-way: connect again
                     finally:
                         self._ws = None
+                        was_attached = self._attached.is_set()
                         self._attached.clear()
                         await ws.close()
-                    if not self._stopping.is_set():
+                    if self._stopping.is_set():
+                        break
+                    if was_attached:  # it worked: reconnect at once, the backoff starts over
+                        delay = self._min_backoff
                         log.info("consumer: connection to %s lost; connecting again", self._url)
+                    else:  # dropped before the topics were accepted: do not spin
+                        await self._pause(delay)
+                        delay = min(delay * 2, self._max_backoff)
         except ApiError as exc:  # the engine refused the topics: retrying cannot help
             self._error = exc
         except Exception as exc:  # a bug: end the iteration with it rather than hang
@@ -170,13 +178,12 @@ class Consumer:
         finally:
             self._end()
 
-    async def _consume(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Consume on one connection until it ends; True if the topics were accepted."""
+    async def _consume(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Consume on one connection until it ends (or stop() is confirmed)."""
         self._ws = ws
         await ws.send_str(orjson.dumps({"m": _POP, "p": {"t": self.topics}, "i": _POP}).decode())
         if self._stopping.is_set():  # stop() came while connecting
             await ws.send_str(orjson.dumps({"m": _UNPOP, "p": {}, "i": _UNPOP}).decode())
-        accepted = False
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
@@ -191,11 +198,9 @@ class Consumer:
                 await self._put(QueueEvent(p.get("n"), p.get("c"), p.get("t"), p.get("d")))
             elif frame.get("i") == _POP:
                 result_of(frame)  # raises ApiError: fatal
-                accepted = True
                 self._attached.set()
             elif frame.get("i") == _UNPOP:
                 break  # everything sent before the unpop reply has been read
-        return accepted
 
     async def _put(self, event: QueueEvent) -> None:
         self._events.append(event)

@@ -125,6 +125,56 @@ async def test_replies_are_matched_by_id_in_any_order():
         await runner.cleanup()
 
 
+async def test_requests_in_flight_on_a_lost_connection_fail_and_the_next_call_reconnects():
+    connections = []
+
+    async def handle(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connections.append(ws)
+        held = 0
+        async for msg in ws:
+            req = orjson.loads(msg.data)
+            if len(connections) == 1:  # the first connection drops with 5 requests unanswered
+                held += 1
+                if held == 5:
+                    await ws.close()
+                continue
+            await ws.send_str(orjson.dumps({"E": None, "r": {"s": 1, "f": 0}, "i": req["i"]}).decode())
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/v1", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with AsyncClient(f"http://127.0.0.1:{port}", transport="ws") as client:
+            lost = await asyncio.gather(*(client.publish("c", "x") for _ in range(5)), return_exceptions=True)
+            assert all(isinstance(e, TransportError) for e in lost), lost
+            assert await client.publish("c", "again") == Published(1, 0)
+        assert len(connections) == 2
+    finally:
+        await runner.cleanup()
+
+
+async def test_ws_client_reconnects_to_a_restarted_engine(tmp_path):
+    api_port = free_port()
+    engine = await engine_on_port(tmp_path, api_port)
+    try:
+        async with AsyncClient(f"http://127.0.0.1:{api_port}", transport="ws", timeout=3) as client:
+            assert await client.publish("x", "1") == Published(0, 0)
+            await engine.stop()
+            with pytest.raises(TransportError):
+                await client.publish("x", "2")
+            engine = await engine_on_port(tmp_path, api_port)
+            assert await client.publish("x", "3") == Published(0, 0)
+    finally:
+        await engine.stop()
+
+
 async def test_an_unreachable_engine_is_a_transport_error():
     url = f"http://127.0.0.1:{free_port()}"
     for transport in ("http", "ws"):
@@ -216,6 +266,34 @@ async def test_consumer_refused_topics_raise_the_api_error(start_engine):
             async for _ in consumer:
                 pass
     assert refused.value.code == CONSUME_FAILED
+
+
+async def test_consumer_backs_off_from_a_peer_that_drops_it_at_once():
+    connections = []
+
+    async def drop(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connections.append(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/v1", drop)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    consumer = Consumer(f"http://127.0.0.1:{port}", ["jobs"], min_backoff=0.05, max_backoff=0.2)
+    try:
+        consumer.start()
+        await asyncio.sleep(1)
+        assert 2 <= len(connections) <= 15  # retried, with pauses: not a busy loop
+        assert not consumer.attached
+    finally:
+        await consumer.close()
+        await runner.cleanup()
 
 
 async def engine_on_port(tmp_path, api_port: int) -> Engine:
