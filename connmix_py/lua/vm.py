@@ -182,6 +182,11 @@ class LuaVM:
 
     # -- calling callbacks -------------------------------------------------------
 
+    @property
+    def current(self) -> Connection | None:
+        """The connection whose callback is running (None while the entry loads)."""
+        return self._current
+
     def lookup(self, cid: bytes) -> Connection | None:
         current = self._current
         if current is not None and current.id_bytes == cid:

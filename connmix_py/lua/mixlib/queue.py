@@ -40,9 +40,7 @@ def bridge(vm) -> dict:
             item = _item(data)
         except ConversionError as exc:
             return fail(f"push: {exc}")
-        # The VM names the connection whose callback is running (None while
-        # the entry script itself loads).
-        current = vm._current
+        current = vm.current
         client_id = current.client_id if current is not None else None
         try:
             return queues.push(name.decode("utf-8", "replace"), item, client_id), None
