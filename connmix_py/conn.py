@@ -181,3 +181,21 @@ class Connection:
             self.block_mark = self.sent_total
         elif self.write_timeout and now - self.blocked_since > self.write_timeout:
             self.abort(f"slow client: a send stayed blocked over {self.write_timeout:g}s")
+
+
+# How often read and write timeouts are checked.
+SWEEP_INTERVAL = 1.0
+
+
+async def enforce_timeouts(conns: set[Connection],
+                           also: Callable[[Connection, float], None] | None = None) -> None:
+    """A server's sweeper: about once a second, each open connection's
+    timeouts (and ``also``, a server's own per-connection check)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        now = loop.time()
+        for conn in list(conns):
+            conn.check_timeouts(now)
+            if also is not None:
+                also(conn, now)

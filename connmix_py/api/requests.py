@@ -6,13 +6,8 @@ import base64
 import binascii
 from typing import Any
 
-# CONNMIX's error codes, in one table.
-INVALID_ARGUMENT = 101
-CONSUME_FAILED = 201
-ALREADY_CONSUMED = 202
-UNPOP_FAILED = 203
-CALL_FAILED = 301
-SEND_FAILED = 401
+from ..codes import (  # noqa: F401  (re-exported)
+    ALREADY_CONSUMED, CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SEND_FAILED, UNPOP_FAILED)
 
 
 class ApiError(Exception):

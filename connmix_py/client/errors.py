@@ -1,13 +1,8 @@
 """The client's errors: one base class, and the engine's answer codes."""
 from __future__ import annotations
 
-# The API's error codes (SPEC section 5 and 6).
-INVALID_ARGUMENT = 101
-CONSUME_FAILED = 201
-ALREADY_CONSUMED = 202
-UNPOP_FAILED = 203
-CALL_FAILED = 301
-SEND_FAILED = 401
+from ..codes import (  # noqa: F401  (re-exported)
+    ALREADY_CONSUMED, CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SEND_FAILED, UNPOP_FAILED)
 
 
 class ConnmixError(Exception):

@@ -24,13 +24,12 @@ import logging
 from typing import Awaitable, Callable
 
 from ..config import ServerSettings
-from ..conn import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection
+from ..conn import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection, enforce_timeouts
 from ..hub import Hub
 from ..lua.vm import LuaVM
 
 log = logging.getLogger("connmix.socket")
 
-SWEEP_INTERVAL = 1.0
 # Seconds stop() lets connections flush and run on_close before aborting them.
 SHUTDOWN_GRACE = 2.0
 
@@ -60,7 +59,8 @@ class SocketServer:
                                                 self.settings.port, backlog=1024)
         if self.settings.port == 0:  # tests ask for any free port
             self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep())
+        self._sweeper = asyncio.create_task(
+            enforce_timeouts(self.conns, lambda conn, now: conn.session.check_close(now)))
 
     async def stop(self) -> None:
         if self._sweeper:
@@ -80,15 +80,6 @@ class SocketServer:
                 await asyncio.wait(late, timeout=SHUTDOWN_GRACE)
         if self._server:
             await self._server.wait_closed()
-
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            now = loop.time()
-            for conn in list(self.conns):
-                conn.check_timeouts(now)
-                conn.session.check_close(now)
 
 
 class SocketSession(asyncio.Protocol):

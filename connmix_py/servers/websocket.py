@@ -16,14 +16,14 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
 from ..config import ServerSettings
-from ..conn import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection
+from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection,
+                    enforce_timeouts)
 from ..hub import Hub
 from ..lua.vm import LuaVM
 from ..textproto import first_values
 
 log = logging.getLogger("connmix.websocket")
 
-SWEEP_INTERVAL = 1.0
 # Frames one connection may queue behind a waiting callback before reading pauses.
 MAX_INBOX = 256
 LOST_WITHOUT_CLOSE = "connection lost: closed by the client without a close frame"
@@ -68,7 +68,7 @@ class WebSocketServer:
             raise
         if self.settings.port == 0:  # tests ask for any free port
             self.port = site._server.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep())
+        self._sweeper = asyncio.create_task(enforce_timeouts(self.conns))
 
     async def stop(self) -> None:
         if self._sweeper:
@@ -77,14 +77,6 @@ class WebSocketServer:
             conn.close(CLOSE_GOING_AWAY, "server shutting down")
         if self._runner:
             await self._runner.cleanup()
-
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            now = loop.time()
-            for conn in list(self.conns):
-                conn.check_timeouts(now)
 
     # -- one connection ------------------------------------------------------------
 
