@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from .api.host_pattern import HostPattern, parse_host_pattern
+
 log = logging.getLogger("connmix.config")
 
 PROTOCOLS = ("websocket", "socket")
@@ -84,9 +86,27 @@ class LuaVmSettings:
     redis: list[RedisSettings] = field(default_factory=list)
 
 
+ROLES = ("read", "write")
+
+
+@dataclass(frozen=True)
+class AccessUser:
+    username: str
+    password: str = field(repr=False)  # never in a repr, so never in a log line
+    roles: frozenset[str] = frozenset()
+    host: HostPattern = field(default_factory=lambda: parse_host_pattern("*"))
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """access.users; no users = the API is open. Replaced whole on reload."""
+    users: tuple[AccessUser, ...] = ()
+
+
 @dataclass
 class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
     api_server: ApiServerSettings = field(default_factory=ApiServerSettings)
     luavm: LuaVmSettings = field(default_factory=LuaVmSettings)
     servers: list[ServerSettings] = field(default_factory=list)
@@ -179,7 +199,7 @@ _LUAVM_KEYS = {"cpuBudget": ("cpu_budget", _positive_seconds),
 _QUEUE_KEYS = {"topicSize": ("queue_topic_size", _positive_int),
                "maxTopics": ("queue_max_topics", _positive_int)}
 # Sections CONNMIX has that later parts of the engine read; accepted silently here.
-_KNOWN_SECTIONS = {"access", "luavm", "broker"}
+_KNOWN_SECTIONS = {"luavm", "broker"}
 _LUAVM_SECTIONS = {"queue", "redis"}
 
 
@@ -208,6 +228,65 @@ _REDIS_KEYS = {"name": ("name", _string), "addr": ("addr", _addr), "password": (
                "db": ("db", _non_negative_int), "poolSize": ("pool_size", _positive_int)}
 
 
+_USER_KEYS = ("username", "password", "roles", "host")
+
+
+def _access(data: Any, warn: set[str]) -> AccessSettings:
+    """access: {users: [{username, password, roles, host}]}."""
+    if data is None:
+        return AccessSettings()
+    if not isinstance(data, dict):
+        raise ConfigError(f"access: expected a mapping, got {type(data).__name__}")
+    warn.update(f"access.{key}" for key in data if key != "users")
+    raw_users = data.get("users") or []
+    if not isinstance(raw_users, list):
+        raise ConfigError("access.users: expected a list of {username, password, roles, host}")
+    users: list[AccessUser] = []
+    for i, raw in enumerate(raw_users):
+        where = f"access.users[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected {{username, password, roles, host}}")
+        warn.update(f"{where}.{key}" for key in raw if key not in _USER_KEYS)
+        user = AccessUser(username=_credential(f"{where}.username", raw.get("username")),
+                          password=_credential(f"{where}.password", raw.get("password")),
+                          roles=_roles(f"{where}.roles", raw.get("roles")),
+                          host=_host(f"{where}.host", raw.get("host", "*")))
+        if any(other.username == user.username for other in users):
+            raise ConfigError(f"{where}.username: {user.username!r} is defined twice")
+        users.append(user)
+    return AccessSettings(tuple(users))
+
+
+def _credential(key: str, value: Any) -> str:
+    # A number is refused rather than converted: yaml reads 0123 as 83.
+    if not isinstance(value, str) or not value:
+        shown = "" if key.endswith("password") else f", got {value!r}"  # a password is never echoed
+        raise ConfigError(f"{key}: expected a non-empty string (quote numbers){shown}")
+    if key.endswith("username") and ":" in value:
+        raise ConfigError(f"{key}: a username cannot contain ':' (basic auth splits on it)")
+    return value
+
+
+def _roles(key: str, value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a list of roles, read and/or write")
+    for role in value:
+        if role not in ROLES:
+            raise ConfigError(f"{key}: unknown role {role!r} (expected read or write)")
+    return frozenset(value)
+
+
+def _host(key: str, value: Any) -> HostPattern:
+    if value is None:
+        value = "*"
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    try:
+        return parse_host_pattern(value.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {value!r}: {exc}") from None
+
+
 def _apply(target: Any, data: Any, keys: dict, where: str, warn: set[str]) -> None:
     if data is None:
         return
@@ -234,9 +313,12 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
         if key not in ("logging", "engine", "access"):
             unknown.add(key)
     _apply(settings.logging, data.get("logging"), _LOGGING_KEYS, "logging", unknown)
+    settings.access = _access(data.get("access"), unknown)
     engine = data.get("engine") or {}
     if not isinstance(engine, dict):
         raise ConfigError("engine: expected a mapping")
+    if "access" in engine:  # ignoring it would leave the API open to someone who thinks it is not
+        raise ConfigError("engine.access: access belongs at the top level of connmix.yaml")
     for key in engine:
         if key not in ("apiServer", "servers") and key not in _KNOWN_SECTIONS:
             unknown.add(f"engine.{key}")

@@ -14,6 +14,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from .api import access
 from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
@@ -91,7 +92,10 @@ class Engine:
 
     async def _start_api(self) -> None:
         api = self.settings.api_server
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        # A lambda, not the users: a reload that replaces settings.access
+        # applies to the next request.
+        app = web.Application(client_max_size=16 * 1024 * 1024,
+                              middlewares=[access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats)
         ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -101,6 +105,9 @@ class Engine:
         if api.port == 0:
             self.api_port = site._server.sockets[0].getsockname()[1]
         log.info("api server on %s:%d", api.bind, self.api_port)
+        if not self.settings.access.users and not access.is_loopback(api.bind):
+            log.warning("api server on %s:%d has no access.users: anyone who can reach it may publish, "
+                        "send and consume; add users or bind it to 127.0.0.1", api.bind, self.api_port)
 
     @staticmethod
     async def _watch(vm: LuaVM, every: float) -> None:

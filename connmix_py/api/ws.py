@@ -28,6 +28,17 @@ METHODS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+def _echoable(request_id: Any) -> Any:
+    """The request id, if the reply can carry it back (101 before the
+    method runs, not after): orjson writes at most 254 levels of nesting."""
+    if isinstance(request_id, (list, dict)):
+        try:
+            orjson.dumps(request_id)
+        except orjson.JSONEncodeError:
+            raise invalid("i is nested too deeply to be echoed") from None
+    return request_id
+
+
 def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None) -> bytes:
     """One request frame -> one reply frame."""
     request_id = None
@@ -38,7 +49,7 @@ def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None)
             raise invalid(f"invalid JSON: {exc}") from None
         if not isinstance(request, dict):
             raise invalid("request must be a JSON object {m, p, i}")
-        request_id = request.get("i")
+        request_id = _echoable(request.get("i"))
         name = request.get("m")
         method = METHODS.get(name) if isinstance(name, str) else None
         if method is None:

@@ -6,10 +6,10 @@ WebSocket API, and a Consumer of the topics the Lua scripts push to.
 from .client import AsyncClient, Client, Published
 from .consumer import Consumer, QueueEvent
 from .errors import (ALREADY_CONSUMED, CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SEND_FAILED,
-                     UNPOP_FAILED, ApiError, ConnmixError, TransportError)
+                     UNPOP_FAILED, AccessDenied, ApiError, ConnmixError, TransportError)
 
 __all__ = [
     "AsyncClient", "Client", "Published", "Consumer", "QueueEvent",
-    "ConnmixError", "ApiError", "TransportError",
+    "ConnmixError", "ApiError", "TransportError", "AccessDenied",
     "INVALID_ARGUMENT", "CONSUME_FAILED", "ALREADY_CONSUMED", "UNPOP_FAILED", "CALL_FAILED", "SEND_FAILED",
 ]

@@ -30,9 +30,9 @@ class Published(NamedTuple):
 
 class AsyncClient:
     def __init__(self, url: str = "http://127.0.0.1:6789", *, transport: str = "http",
+                 username: str | None = None, password: str | None = None,
                  auth: tuple[str, str] | None = None, timeout: float = 10.0, pool_size: int = 100) -> None:
-        base = params.api_base(url)
-        headers = params.auth_headers(auth)
+        base, headers = params.endpoint(url, username, password, auth)
         if transport == "http":
             self._transport: HttpTransport | WsTransport = HttpTransport(base, headers, timeout, pool_size)
         elif transport == "ws":

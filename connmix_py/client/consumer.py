@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 
 from . import params
-from .errors import ApiError, result_of
+from .errors import ACCESS_STATUSES, AccessDenied, ApiError, result_of
 
 log = logging.getLogger("connmix.client")
 
@@ -45,14 +45,14 @@ class QueueEvent:
 
 
 class Consumer:
-    def __init__(self, url: str, topics: Iterable[str], *, auth: tuple[str, str] | None = None,
-                 buffer: int = 100, min_backoff: float = 0.1, max_backoff: float = 5.0,
-                 stop_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, topics: Iterable[str], *, username: str | None = None,
+                 password: str | None = None, auth: tuple[str, str] | None = None, buffer: int = 100,
+                 min_backoff: float = 0.1, max_backoff: float = 5.0, stop_timeout: float = 5.0) -> None:
         self.topics = list(topics)
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
             raise ValueError("topics must be a non-empty list of non-empty strings")
-        self._url = params.api_base(url) + "/ws/v1"
-        self._headers = params.auth_headers(auth)
+        base, self._headers = params.endpoint(url, username, password, auth)
+        self._url = base + "/ws/v1"
         self._buffer_size = max(1, buffer)
         self._min_backoff, self._max_backoff = min_backoff, max_backoff
         self._stop_timeout = stop_timeout
@@ -147,6 +147,9 @@ class Consumer:
                     try:
                         ws = await session.ws_connect(self._url, heartbeat=HEARTBEAT, headers=self._headers)
                     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                        status = getattr(exc, "status", None)  # of a refused upgrade
+                        if status in ACCESS_STATUSES:  # wrong credentials: retrying cannot help
+                            raise AccessDenied(f"cannot consume from {self._url}: {exc}", status) from None
                         log.info("consumer: cannot connect to %s (%s); again in %.1fs", self._url, exc, delay)
                         await self._pause(delay)
                         delay = min(delay * 2, self._max_backoff)
@@ -170,7 +173,7 @@ class Consumer:
                     else:  # dropped before the topics were accepted: do not spin
                         await self._pause(delay)
                         delay = min(delay * 2, self._max_backoff)
-        except ApiError as exc:  # the engine refused the topics: retrying cannot help
+        except (ApiError, AccessDenied) as exc:  # the engine refused us: retrying cannot help
             self._error = exc
         except Exception as exc:  # a bug: end the iteration with it rather than hang
             log.exception("consumer failed")

@@ -23,11 +23,28 @@ class TransportError(ConnmixError):
     """No answer from the engine: it cannot be reached, the connection was
     lost before the reply (the request may or may not have run), the
     request timed out, or an HTTP status came back instead of an API reply
-    (``status``: e.g. 401 wrong credentials, 403 missing role)."""
+    (``status``; 401 and 403 are AccessDenied)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AccessDenied(TransportError):
+    """access.users refused the request (``status`` 401: no or wrong
+    credentials; 403: the user lacks the role or may not connect from this
+    host). The request did not run; retrying with the same credentials
+    cannot help."""
+
+
+ACCESS_STATUSES = (401, 403)
+
+
+def refused(message: str, status: int | None) -> TransportError:
+    """The error for an HTTP status (or None) where a reply was expected."""
+    if status in ACCESS_STATUSES:
+        return AccessDenied(message, status)
+    return TransportError(message, status)
 
 
 def result_of(reply: dict) -> dict:

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .errors import TransportError, result_of
+from .errors import TransportError, refused, result_of
 
 PATHS = {
     "mesh.publish": "/v1/mesh/publish",
@@ -47,7 +47,7 @@ class HttpTransport:
             reply = None
         if status != 200 or not isinstance(reply, dict):
             text = body[:200].decode("utf-8", "replace").strip()
-            raise TransportError(f"{method}: HTTP {status} from {url}: {text}", status)
+            raise refused(f"{method}: HTTP {status} from {url}: {text}", status)
         return result_of(reply)
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ import base64
 from typing import Any
 
 import orjson
+import yarl
 
 
 def delivery(target: str, data: Any) -> dict[str, str]:
@@ -21,12 +22,25 @@ def conn_call(client_id: str, function: str, args: tuple) -> dict[str, Any]:
     return {"c": client_id, "f": function, "a": list(args)}
 
 
-def auth_headers(auth: tuple[str, str] | None) -> dict[str, str]:
-    """HTTP basic auth for access.users (on every request and the upgrade)."""
-    if not auth:
-        return {}
-    user, password = auth
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+def endpoint(url: str, username: str | None = None, password: str | None = None,
+             auth: tuple[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """(the API's base URL without credentials, the headers that carry them).
+    Credentials for access.users come from ``username``/``password``, from
+    ``auth=(user, password)``, or from ``http://user:pass@host:port`` (percent-
+    encoded); giving them two ways is a ValueError."""
+    parsed = yarl.URL(api_base(url))
+    given = [pair for pair in ((username, password), auth or (None, None), (parsed.user, parsed.password))
+             if pair != (None, None)]
+    if len(given) > 1:
+        raise ValueError("credentials given twice: use username/password, auth or the URL's user:pass@")
+    base = str(parsed.with_user(None)).rstrip("/")
+    if not given:
+        return base, {}
+    user, secret = given[0]
+    if not user or ":" in user:
+        raise ValueError("username must be a non-empty string without ':'")
+    token = base64.b64encode(f"{user}:{secret or ''}".encode()).decode()
+    return base, {"Authorization": "Basic " + token}
 
 
 def api_base(url: str) -> str:

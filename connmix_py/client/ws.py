@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .errors import TransportError, result_of
+from .errors import TransportError, refused, result_of
 
 HEARTBEAT = 20.0  # seconds between ping frames: a dead connection is noticed
 
@@ -58,7 +58,7 @@ class WsTransport:
                                                         timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout))
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                     status = getattr(exc, "status", None)
-                    raise TransportError(f"cannot connect to {self._url}: {exc}", status) from None
+                    raise refused(f"cannot connect to {self._url}: {exc}", status) from None
                 # Each connection has its own pending table, so a lost one
                 # fails only the requests that were sent on it.
                 self._ws, self._pending = ws, {}

@@ -1,0 +1,102 @@
+"""access.users on the whole apiServer: HTTP basic auth, the caller's host,
+and the role a request needs.
+
+A middleware, so every route (the HTTP API, the /ws/v1 upgrade, any route
+added later) is covered unless it is listed in OPEN_PATHS. The users are read
+from ``current()`` on every request: replacing the settings (a reload)
+takes effect on the next request without rebuilding the app.
+
+Order: no or wrong credentials -> 401 with ``WWW-Authenticate``; right
+credentials from a host outside the user's pattern, or without the role the
+request needs -> 403. GET and HEAD need ``read``; everything else, and a
+WebSocket upgrade (the API's WebSocket publishes, sends and consumes), needs
+``write``. Passwords are compared in constant time and never logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import BasicAuth, hdrs, web
+
+from ..config import AccessSettings, AccessUser
+
+log = logging.getLogger("connmix.api.access")
+
+REALM = "connmix"
+# Load balancers probe it without credentials; it says only "up".
+OPEN_PATHS = frozenset({"/healthz"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def required_role(request: web.Request) -> str:
+    if request.method in READ_METHODS and not _is_websocket_upgrade(request):
+        return "read"
+    return "write"
+
+
+def _is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+def authenticate(users: tuple[AccessUser, ...], header: str | None) -> tuple[str | None, AccessUser | None]:
+    """(the username given or None, the user when the password is right)."""
+    if not header:
+        return None, None
+    try:
+        given = BasicAuth.decode(header, encoding="utf-8")
+    except ValueError:  # not basic auth, bad base64 or bad utf-8
+        return None, None
+    # Every user is compared, and digests have one length, so the time taken
+    # says nothing about which names exist or how much of a password matched.
+    given_password = hashlib.sha256(given.password.encode()).digest()
+    found = None
+    for user in users:
+        name_ok = hmac.compare_digest(user.username.encode(), given.login.encode())
+        password_ok = hmac.compare_digest(hashlib.sha256(user.password.encode()).digest(), given_password)
+        if name_ok and password_ok:
+            found = user
+    return given.login, found
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    headers = {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'} if status == 401 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def is_loopback(bind: str) -> bool:
+    """Only this machine can reach a listener on bind."""
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def middleware(current: Callable[[], AccessSettings]):
+    @web.middleware
+    async def check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+        users = current().users
+        if not users or request.path in OPEN_PATHS:
+            return await handler(request)
+        login, user = authenticate(users, request.headers.get(hdrs.AUTHORIZATION))
+        caller = request.remote
+        if user is None:
+            if login is not None:  # the password stays out of the log, always
+                log.warning("api: wrong credentials for user %r from %s", login, caller)
+            return _refuse(401, "unauthorized: credentials required")
+        if not user.host.matches(caller):
+            log.warning("api: user %r refused from %s (host %s)", user.username, caller, user.host.text)
+            return _refuse(403, f"forbidden: user {user.username!r} may not connect from {caller}")
+        role = required_role(request)
+        if role not in user.roles:
+            log.warning("api: user %r lacks role %s for %s %s", user.username, role, request.method, request.path)
+            return _refuse(403, f"forbidden: user {user.username!r} lacks the {role} role")
+        return await handler(request)
+    return check_access
