@@ -50,6 +50,19 @@ async def test_request_ids_are_echoed(running, request_id):
     assert reply["i"] == request_id and error_code(reply) == 101
 
 
+async def test_an_id_too_deeply_nested_to_echo_is_101_before_the_method_runs(running):
+    """Issue 8 finding 11: the connection used to drop with a traceback."""
+    api = await api_ws(running)
+    ws, _ = await subscribed(running, api, "news")
+    deep = "[" * 300 + "]" * 300
+    await api.send_str(f'{{"m": "mesh.publish", "p": {{"c": "news", "d": "x"}}, "i": {deep}}}')
+    reply = await receive_json(api)
+    assert error_code(reply) == 101 and "nested" in reply["E"]["m"] and reply["i"] is None
+    await assert_silent(ws)  # refused, not published
+    assert await call(api, "mesh.publish", {"c": "news", "d": "y"}, 7) == {"E": None, "r": {"s": 1, "f": 0}, "i": 7}
+    assert (await ws.receive(timeout=5)).data == "y"
+
+
 async def test_text_ping_gets_pong_between_requests(running):
     api = await api_ws(running)
     await api.send_str("ping")

@@ -157,3 +157,62 @@ def test_load_settings_resolves_entry_beside_the_file(tmp_path):
     path.write_text("engine:\n  servers:\n    - entry: lua/app.lua\n")
     settings = load_settings(str(path))
     assert settings.servers[0].entry == os.path.join(str(tmp_path), "conf", "lua", "app.lua")
+
+
+# -- access.users ----------------------------------------------------------------------------------
+
+
+def test_access_users_load_with_their_roles_and_host():
+    users = parse(CONNMIX_YAML).access.users
+    assert [(u.username, u.password, sorted(u.roles), u.host.text) for u in users] == \
+        [("u", "p", ["read", "write"], "172.*.*.*")]
+    assert users[0].host.matches("172.1.2.3") and not users[0].host.matches("127.0.0.1")
+
+
+def test_access_defaults_no_users_and_any_host():
+    assert parse_settings({}).access.users == ()
+    assert parse_settings({"access": {"users": None}}).access.users == ()  # CONNMIX's file: all commented out
+    user, = parse_settings({"access": {"users": [{"username": "u", "password": "p", "roles": ["read"]}]}}).access.users
+    assert user.host.text == "*" and user.host.matches("2001:db8::1")
+
+
+def _user(**keys) -> dict:
+    user = {"username": "u", "password": "p", "roles": ["read"]}
+    user.update(keys)
+    return {"access": {"users": [user]}}
+
+
+@pytest.mark.parametrize("data, named", [
+    ({"access": [1]}, "access"),
+    ({"access": {"users": {"username": "u"}}}, "access.users"),
+    ({"access": {"users": ["u:p"]}}, "access.users[0]"),
+    (_user(username=None), "access.users[0].username"),
+    (_user(username="a:b"), "access.users[0].username"),
+    (_user(password=None), "access.users[0].password"),
+    (_user(password=123456), "access.users[0].password"),
+    (_user(password=""), "access.users[0].password"),
+    (_user(roles=None), "access.users[0].roles"),
+    (_user(roles=[]), "access.users[0].roles"),
+    (_user(roles="read"), "access.users[0].roles"),
+    (_user(roles=["read", "admin"]), "access.users[0].roles"),
+    (_user(host="172.*"), "access.users[0].host"),
+    (_user(host="300.1.1.1"), "access.users[0].host"),
+    (_user(host=172), "access.users[0].host"),
+    ({"access": {"users": [_user()["access"]["users"][0]] * 2}}, "access.users[1].username"),
+    ({"engine": {"access": {"users": []}}}, "engine.access"),
+])
+def test_bad_access_value_names_its_key(data, named):
+    with pytest.raises(ConfigError) as error:
+        parse_settings(data, source="connmix.yaml")
+    message = str(error.value)
+    assert message.startswith(named + ":"), message
+    assert "\n" not in message and "123456" not in message
+
+
+def test_unknown_access_keys_warn(caplog):
+    with caplog.at_level(logging.WARNING, logger="connmix.config"):
+        data = _user(extra=1)
+        data["access"]["mode"] = 1
+        parse_settings(data)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "access.mode" in messages and "access.users[0].extra" in messages
