@@ -8,10 +8,14 @@ import dataclasses
 import logging
 import textwrap
 
+import asyncio
+from urllib.parse import quote
+
 import aiohttp
 import pytest
 
 from connmix_py import Engine, parse_settings
+from connmix_py.client import AccessDenied, AsyncClient, Client, Consumer, TransportError
 from connmix_py.config import AccessSettings
 from tests.api_helpers import SCRIPT, call, client_id, error_code, push, send_op
 from tests.conftest import engine_config
@@ -22,6 +26,7 @@ USERS = [
     {"username": "viewer", "password": "s3cret-Viewer", "roles": ["read"]},
     {"username": "writer", "password": "s3cret-Writer", "roles": ["write"], "host": "127.0.0.1"},
     {"username": "remote", "password": "s3cret-Remote", "roles": ["read", "write"], "host": "10.*.*.*"},
+    {"username": "émile", "password": "p@ss:w/rd é%", "roles": ["write"]},  # needs escaping in a URL
 ]
 PASSWORDS = {user["username"]: user["password"] for user in USERS}
 
@@ -146,7 +151,7 @@ async def test_a_read_only_user_cannot_open_the_websocket_api(guarded):
         await guarded.api_ws(basic("viewer"))
     assert refused.value.status == 403
     # The item stays queued for the real consumer.
-    assert (await push(victim, "orders", "order 1"))["n"]
+    assert (await push(victim, "orders", "order 1"))["err"] is False
     consumer = await guarded.api_ws(basic("writer"))
     assert (await call(consumer, "queue.pop", {"t": ["orders"]}, "pop"))["r"] == {"s": True}
     event = await receive_json(consumer)
@@ -253,3 +258,74 @@ async def test_refused_callers_do_not_disturb_other_connections(guarded):
     assert error_code(await call(api, "mesh.send", {"c": "1", "d": "x"})) == 401  # the API's own 401: no client
     assert (await call(api, "mesh.send", {"c": cid, "d": "still here"}))["E"] is None
     assert (await victim.receive(timeout=5)).data == "still here"
+
+
+# -- the client library ------------------------------------------------------------------------------
+
+
+def with_userinfo(url: str, username: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{quote(username, safe='')}:{quote(PASSWORDS[username], safe='')}@{rest}"
+
+
+@pytest.mark.parametrize("transport", ["http", "ws"])
+@pytest.mark.parametrize("username", ["writer", "émile"])
+async def test_client_credentials_as_options_or_in_the_url(guarded, transport, username):
+    victim, _ = await guarded.victim("news")
+    as_options = AsyncClient(guarded.api_url, transport=transport, username=username, password=PASSWORDS[username])
+    in_url = AsyncClient(with_userinfo(guarded.api_url, username), transport=transport)
+    for client in (as_options, in_url):
+        async with client:
+            assert (await client.publish("news", "hi")).delivered == 1
+        assert (await victim.receive(timeout=5)).data == "hi"
+
+
+@pytest.mark.parametrize("transport", ["http", "ws"])
+@pytest.mark.parametrize("credentials, status", [
+    ({}, 401), ({"username": "writer", "password": "wrong"}, 401), ({"username": "viewer"}, 403),
+    ({"username": "remote"}, 403),
+])
+async def test_client_refused_raises_access_denied_with_the_status(guarded, transport, credentials, status):
+    if credentials and "password" not in credentials:
+        credentials = {**credentials, "password": PASSWORDS[credentials["username"]]}
+    async with AsyncClient(guarded.api_url, transport=transport, **credentials) as client:
+        with pytest.raises(AccessDenied) as refused:
+            await client.publish("news", "forged")
+    assert refused.value.status == status and isinstance(refused.value, TransportError)
+    assert str(status) in str(refused.value)
+    assert "password" not in credentials or credentials["password"] not in str(refused.value)
+
+
+async def test_sync_client_credentials_in_the_url(guarded):
+    def backend_code():
+        with Client(with_userinfo(guarded.api_url, "writer")) as client:
+            published = client.publish("nobody", "x")
+        with Client(guarded.api_url) as client:
+            with pytest.raises(AccessDenied) as refused:
+                client.publish("nobody", "x")
+        return published.delivered, refused.value.status
+
+    assert await asyncio.to_thread(backend_code) == (0, 401)  # outside this loop, where the engine runs
+
+
+def test_client_credentials_given_twice_are_a_value_error():
+    with pytest.raises(ValueError):
+        AsyncClient("http://a:b@127.0.0.1:1", username="a", password="b")
+    with pytest.raises(ValueError):
+        Consumer("http://127.0.0.1:1", ["t"], username="a", password="b", auth=("a", "b"))
+
+
+async def test_consumer_with_credentials_consumes_and_without_is_refused_at_once(guarded):
+    victim, _ = await guarded.victim()
+    refused = Consumer(guarded.api_url, ["orders"], username="viewer", password=PASSWORDS["viewer"])
+    with pytest.raises(AccessDenied) as denied:
+        async with asyncio.timeout(10):  # hang guard: a refusal must end the iteration, not retry forever
+            async for _ in refused:
+                pass
+    await refused.close()
+    assert denied.value.status == 403 and refused.reconnects == 0
+    async with Consumer(with_userinfo(guarded.api_url, "writer"), ["orders"]) as consumer:
+        await asyncio.wait_for(consumer.wait_attached(), 10)
+        assert (await push(victim, "orders", "order 1"))["err"] is False
+        event = await asyncio.wait_for(consumer.__anext__(), 10)
+        assert event.data == "order 1"
