@@ -14,13 +14,15 @@ WebSocket upgrade (the API's WebSocket publishes, sends and consumes), needs
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
 import logging
 from typing import Awaitable, Callable
 
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import hdrs, web
 
 from ..config import AccessSettings, AccessUser
 
@@ -41,27 +43,43 @@ def required_role(request: web.Request) -> str:
 
 
 def _is_websocket_upgrade(request: web.Request) -> bool:
-    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    # Any mention counts: broader than what aiohttp accepts as an upgrade,
+    # so no spelling of the header passes here as a plain read.
+    tokens = request.headers.get(hdrs.UPGRADE, "").lower().split(",")
+    return any(token.strip() == "websocket" for token in tokens)
 
 
 def authenticate(users: tuple[AccessUser, ...], header: str | None) -> tuple[str | None, AccessUser | None]:
     """(the username given or None, the user when the password is right)."""
-    if not header:
+    given = basic_credentials(header)
+    if given is None:
         return None, None
-    try:
-        given = BasicAuth.decode(header, encoding="utf-8")
-    except ValueError:  # not basic auth, bad base64 or bad utf-8
-        return None, None
+    login, password = given
     # Every user is compared, and digests have one length, so the time taken
     # says nothing about which names exist or how much of a password matched.
-    given_password = hashlib.sha256(given.password.encode()).digest()
+    given_password = hashlib.sha256(password.encode()).digest()
     found = None
     for user in users:
-        name_ok = hmac.compare_digest(user.username.encode(), given.login.encode())
+        name_ok = hmac.compare_digest(user.username.encode(), login.encode())
         password_ok = hmac.compare_digest(hashlib.sha256(user.password.encode()).digest(), given_password)
         if name_ok and password_ok:
             found = user
-    return given.login, found
+    return login, found
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an ``Authorization: Basic`` header (UTF-8, as the
+    client library and browsers send it); None when there is none or it is
+    malformed."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    login, colon, password = decoded.partition(":")
+    return (login, password) if colon else None
 
 
 def _refuse(status: int, message: str) -> web.Response:

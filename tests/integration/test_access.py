@@ -115,8 +115,11 @@ async def assert_untouched(victim: aiohttp.ClientWebSocketResponse) -> None:
     basic("admin", ""),
     basic("nobody", "s3cret-Admin"),
     {"Authorization": "Basic !!!not-base64"},
+    {"Authorization": "Basic " + base64.b64encode(b"admin").decode()},
+    {"Authorization": "Basic " + base64.b64encode(b"admin:\xff").decode()},
     {"Authorization": "Bearer s3cret-Admin"},
-], ids=["none", "wrong-password", "empty-password", "unknown-user", "bad-base64", "not-basic"])
+], ids=["none", "wrong-password", "empty-password", "unknown-user", "bad-base64", "no-colon", "not-utf8",
+        "not-basic"])
 async def test_without_valid_credentials_every_attack_is_401(guarded, headers):
     victim, cid = await guarded.victim("news")
     for path, body in (PUBLISH, send_to(cid), hijack(cid)):
@@ -329,3 +332,19 @@ async def test_consumer_with_credentials_consumes_and_without_is_refused_at_once
         assert (await push(victim, "orders", "order 1"))["err"] is False
         event = await asyncio.wait_for(consumer.__anext__(), 10)
         assert event.data == "order 1"
+
+
+async def test_ipv6_callers_match_exact_ipv6_hosts(tmp_path, session):
+    users = [{"username": "v6", "password": "pw-v6", "roles": ["read"], "host": "0:0:0:0:0:0:0:1"},
+             {"username": "v4", "password": "pw-v4", "roles": ["read"], "host": "127.0.0.1"}]
+    try:
+        running = await start_guarded(tmp_path, session, users=users, bind="::1")
+    except Exception as exc:  # no IPv6 loopback on this machine
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    try:
+        url = f"http://[::1]:{running.engine.api_port}/v1/stats"
+        for headers, status in ((basic("v6", "pw-v6"), 200), (basic("v4", "pw-v4"), 403), (basic("v6", "nope"), 401)):
+            async with session.get(url, headers=headers) as resp:
+                assert resp.status == status, headers
+    finally:
+        await running.engine.stop()
