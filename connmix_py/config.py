@@ -83,6 +83,9 @@ class LuaVmSettings:
     sandbox: bool = False
     queue_topic_size: int = 2000
     queue_max_topics: int = 100
+    # ours: the largest mix.http.request response body, as sent and
+    # decompressed (bytes); a bigger one is `nil, err`.
+    http_max_body_size: int = 16 * 1024 * 1024
     redis: list[RedisSettings] = field(default_factory=list)
 
 
@@ -200,7 +203,8 @@ _QUEUE_KEYS = {"topicSize": ("queue_topic_size", _positive_int),
                "maxTopics": ("queue_max_topics", _positive_int)}
 # Sections CONNMIX has that later parts of the engine read; accepted silently here.
 _KNOWN_SECTIONS = {"luavm", "broker"}
-_LUAVM_SECTIONS = {"queue", "redis"}
+_HTTP_KEYS = {"maxBodySize": ("http_max_body_size", _positive_int)}
+_LUAVM_SECTIONS = {"queue", "http", "redis"}
 
 
 def _non_negative_int(key: str, value: Any) -> int:
@@ -329,6 +333,7 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
     _apply(settings.luavm, {k: v for k, v in luavm.items() if k not in _LUAVM_SECTIONS},
            _LUAVM_KEYS, "engine.luavm", unknown)
     _apply(settings.luavm, luavm.get("queue"), _QUEUE_KEYS, "engine.luavm.queue", unknown)
+    _apply(settings.luavm, luavm.get("http"), _HTTP_KEYS, "engine.luavm.http", unknown)
     redis = luavm.get("redis") or []
     if not isinstance(redis, list):
         raise ConfigError("engine.luavm.redis: expected a list")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import socket
 
@@ -10,7 +11,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from connmix_py.config import ConfigError, parse_settings
 from tests.luahelp import EVAL_SCRIPT, NIL, ask
+
+BOMB_SIZE = 64 * 1024 * 1024
 
 
 class Backend:
@@ -25,6 +29,11 @@ class Backend:
         self.app.router.add_get("/cookies", self.cookies)
         self.app.router.add_get("/redirect", self.redirect)
         self.app.router.add_get("/held", self.held)
+        self.app.router.add_get("/sized/{size}", self.sized)
+        self.app.router.add_get("/chunked/{size}", self.chunked)
+        self.app.router.add_get("/gzip/{size}", self.gzipped)
+        self.app.router.add_get("/bomb", self.bomb)
+        self.bomb_body = b""  # set by the bomb fixture
         self.runner = web.AppRunner(self.app, access_log=None)
         self.port = 0
 
@@ -68,6 +77,28 @@ class Backend:
         self.held_arrived.set()
         await self.release.wait()
         return web.Response(text="released")
+
+    async def sized(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * int(request.match_info["size"]))
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        """No Content-Length: the size shows only while reading."""
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        left = int(request.match_info["size"])
+        while left > 0:
+            await resp.write(b"y" * min(left, 100_000))
+            left -= 100_000
+        await resp.write_eof()
+        return resp
+
+    async def gzipped(self, request: web.Request) -> web.Response:
+        body = gzip.compress(b"z" * int(request.match_info["size"]))
+        return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+    async def bomb(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.bomb_body, headers={"Content-Encoding": "gzip"})
 
 
 @pytest.fixture
@@ -248,3 +279,82 @@ async def test_many_connections_wait_at_once(start_engine, backend):
     for ws in clients:
         msg = await ws.receive(timeout=5)
         assert json.loads(msg.data) == ["released"]
+
+
+# -- response body limit (luavm.http.maxBodySize) -------------------------------------------
+
+MAX_BODY = 1024 * 1024
+
+
+@pytest.fixture
+async def capped(start_engine):
+    engine = await start_engine(EVAL_SCRIPT, luavm={"http": {"maxBodySize": MAX_BODY}})
+    return await engine.connect()
+
+
+def fetch_size(url: str) -> str:
+    return (f'local r, err = mix.http.request("GET", "{url}") '
+            'if not r then return "error", err end return r.body_size, #r.body')
+
+
+@pytest.mark.parametrize("path", ["/sized", "/chunked", "/gzip"])
+async def test_a_body_of_exactly_max_body_size_is_read(capped, backend, path):
+    assert await ask(capped, fetch_size(backend.url(f"{path}/{MAX_BODY}"))) == [MAX_BODY, MAX_BODY]
+
+
+@pytest.mark.parametrize("path", ["/sized", "/chunked", "/gzip"])
+async def test_one_byte_over_max_body_size_is_nil_err(capped, backend, path):
+    value, err = await ask(capped, fetch_size(backend.url(f"{path}/{MAX_BODY + 1}")))
+    assert value == "error" and "maxBodySize" in err and str(MAX_BODY) in err
+    assert await ask(capped, "return 'still served'") == ["still served"]
+
+
+async def test_the_default_max_body_size_is_16_mb(ws, backend):
+    limit = 16 * 1024 * 1024
+    assert await ask(ws, fetch_size(backend.url(f"/sized/{limit}")), timeout=30) == [limit, limit]
+    value, err = await ask(ws, fetch_size(backend.url(f"/chunked/{limit + 1}")), timeout=30)
+    assert value == "error" and "maxBodySize" in err
+
+
+def peak_rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.fixture(scope="module")
+def bomb_body() -> bytes:
+    return gzip.compress(bytes(BOMB_SIZE), compresslevel=9)
+
+
+async def test_a_gzip_bomb_stops_at_max_body_size(capped, backend, bomb_body):
+    """64 MB of zeros in ~64 KB of gzip: inflating stops at the limit, so the
+    engine's memory never grows by anything like the bomb's size."""
+    backend.bomb_body = bomb_body
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # restart the peak RSS count (Linux)
+    before = peak_rss_kb()
+    value, err = await ask(capped, fetch_size(backend.url("/bomb")), timeout=30)
+    grown_mb = (peak_rss_kb() - before) / 1024
+    assert value == "error" and "maxBodySize" in err
+    assert grown_mb < BOMB_SIZE / (1024 * 1024) / 4, f"peak RSS grew {grown_mb:.0f} MB"
+    assert await ask(capped, "return 'still served'") == ["still served"]
+
+
+@pytest.mark.parametrize("value", [0, -1, "16MB", 1.5, True, None])
+def test_a_bad_max_body_size_is_a_config_error(value):
+    conf = {"engine": {"luavm": {"http": {"maxBodySize": value}}}}
+    with pytest.raises(ConfigError, match=r"engine\.luavm\.http\.maxBodySize"):
+        parse_settings(conf)
+
+
+def test_max_body_size_is_read_from_the_yaml():
+    settings = parse_settings({"engine": {"luavm": {"http": {"maxBodySize": 4096}}}})
+    assert settings.luavm.http_max_body_size == 4096
+
+
+async def test_head_of_a_large_resource_is_not_refused(capped, backend):
+    # Content-Length names the GET body's size; a HEAD reply has no body.
+    url = backend.url(f"/sized/{MAX_BODY * 2}")
+    result = await ask(capped, f'local r, err = mix.http.request("HEAD", "{url}") '
+                               'return err, r.status_code, r.body_size, r.headers["Content-Length"]')
+    assert result == [NIL, 200, 0, str(MAX_BODY * 2)]

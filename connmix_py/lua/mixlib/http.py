@@ -19,6 +19,7 @@ from ..convert import lua_type
 from .values import bad_argument, fail, lua_string
 
 DEFAULT_TIMEOUT = 30.0
+READ_CHUNK = 64 * 1024
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -122,14 +123,40 @@ def parse_request(method: Any, url: Any, opts: Any) -> Request | tuple[None, byt
                    tables["query"], headers, lua_string(body) if body is not None else None, timeout)
 
 
-async def perform(session: aiohttp.ClientSession, req: Request) -> tuple[dict | None, bytes | None]:
+class BodyTooLarge(Exception):
+    """The response body (as sent, or decompressed) is over the limit."""
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decompressed, or BodyTooLarge once either count passes
+    `limit`: refused up front by Content-Length, else stopped mid-stream
+    (aiohttp inflates piece by piece as we read, so a gzip bomb stops here)."""
+    has_body = resp.method != "HEAD" and resp.status not in (204, 304)  # else Content-Length is only a size
+    if has_body and resp.content_length is not None and resp.content_length > limit:
+        raise BodyTooLarge
+    parts, size = [], 0
+    async for chunk in resp.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit or resp.content.total_raw_bytes > limit:
+            raise BodyTooLarge
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def perform(session: aiohttp.ClientSession, req: Request,
+                  max_body_size: int) -> tuple[dict | None, bytes | None]:
     """Send the request; (response table contents, None) or (None, err)."""
     try:
         async with session.request(
             req.method, req.url, params=req.query or None, headers=req.headers or None,
             data=req.body, timeout=aiohttp.ClientTimeout(total=req.timeout), allow_redirects=True,
         ) as resp:
-            content = await resp.read()
+            try:
+                content = await read_body(resp, max_body_size)
+            except BodyTooLarge:
+                resp.close()  # drop the connection rather than drain the rest
+                return fail(f'{req.method} "{req.url}": response body over luavm.http.maxBodySize '
+                            f'({max_body_size} bytes)')
             return {
                 "status_code": resp.status,
                 "body": content,
@@ -146,6 +173,7 @@ async def perform(session: aiohttp.ClientSession, req: Request) -> tuple[dict | 
 
 def bridge(vm) -> dict:
     to_lua = vm.to_lua
+    max_body_size = vm.luavm.http_max_body_size
 
     def http_request(method=None, url=None, opts=None, *_):  # extra Lua arguments are ignored
         req = parse_request(method, url, opts)
@@ -153,7 +181,7 @@ def bridge(vm) -> dict:
             return req
 
         async def wait():
-            result, err = await perform(vm.http_session(), req)
+            result, err = await perform(vm.http_session(), req, max_body_size)
             return to_lua(result), err
 
         return wait, None
