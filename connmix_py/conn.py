@@ -140,9 +140,10 @@ class Connection:
             return False
         transport = self.transport
         if transport is None:
-            if len(self._pending) >= _MAX_PENDING_FRAMES:
+            pending = self._pending  # None once open() has run
+            if pending is None or len(pending) >= _MAX_PENDING_FRAMES:
                 return False
-            self._pending.append(frame)
+            pending.append(frame)
             return True
         if transport.is_closing():  # the peer is gone; the handler will notice
             return False

@@ -73,7 +73,7 @@ class Engine:
             raise StartupError(str(exc)) from None
         where = "engine.apiServer"  # names the key in a "cannot listen" error
         try:
-            for i, (server, vm) in enumerate(zip(self.settings.servers, self.vms)):
+            for i, (server, vm) in enumerate(zip(self.settings.servers, self.vms, strict=True)):
                 where = f"engine.servers[{i}]"
                 listener = SERVER_KINDS[server.protocol](server, vm, self.hub, self.ids.next)
                 await listener.start()
@@ -83,7 +83,7 @@ class Engine:
                          listener.port, path, server.entry)
             where = "engine.apiServer"
             await self._start_api()
-            for server, vm in zip(self.settings.servers, self.vms):
+            for server, vm in zip(self.settings.servers, self.vms, strict=True):
                 if server.byte_code_expires > 0:
                     self._watchers.append(asyncio.create_task(self._watch(vm, server.byte_code_expires)))
         except OSError as exc:

@@ -1,7 +1,6 @@
 """Shared fixtures: real engines on real ports, real websocket/HTTP clients."""
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import textwrap
@@ -9,7 +8,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
 from connmix_py import Engine, parse_settings

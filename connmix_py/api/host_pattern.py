@@ -30,7 +30,7 @@ class HostPattern:
         if self.exact is not None:
             return address == self.exact
         return isinstance(address, ipaddress.IPv4Address) and all(
-            want is None or want == got for want, got in zip(self.octets, address.packed))
+            want is None or want == got for want, got in zip(self.octets, address.packed, strict=True))
 
 
 def parse_host_pattern(text: str) -> HostPattern:

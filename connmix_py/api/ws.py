@@ -54,7 +54,7 @@ def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None)
         method = METHODS.get(name) if isinstance(name, str) else None
         if method is None:
             bound = queue_consumer.METHODS.get(name) if isinstance(name, str) and consumer is not None else None
-            if bound is None:
+            if bound is None or consumer is None:
                 raise invalid(f"unknown method {name!r}")
             return orjson.dumps({"E": None, "r": bound(consumer, request.get("p")), "i": request_id})
         return orjson.dumps({"E": None, "r": method(mesh, request.get("p")), "i": request_id})

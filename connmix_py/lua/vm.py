@@ -120,6 +120,7 @@ class LuaVM:
         """The files behind the modules the script required from its folder."""
         folder = os.path.dirname(self.settings.entry)
         files = []
+        assert self.runtime is not None  # called after a load
         for name in self.runtime.globals().package.loaded.keys():
             if type(name) is not bytes:
                 continue
@@ -281,6 +282,7 @@ class LuaVM:
         raise EncodeError(first if first.startswith("protocol_encode") else f"protocol_encode: {first}")
 
     def has(self, name: str) -> bool:
+        assert self.runtime is not None  # called after a load
         return self.runtime.globals()[name.encode()] is not None
 
     # -- connection lifetime -----------------------------------------------------

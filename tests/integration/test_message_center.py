@@ -11,7 +11,7 @@ import os
 import pytest
 
 from connmix_py import Engine
-from tests.conftest import EXAMPLE_DIR, load_example_module
+from tests.conftest import EXAMPLE_DIR
 from tests.helpers import assert_silent, receive_json
 
 WS_URL = "http://127.0.0.1:6790/message-center"

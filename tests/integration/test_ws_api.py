@@ -12,6 +12,13 @@ from tests.api_helpers import SCRIPT, api_ws, call, client_id, error_code, send_
 from tests.helpers import assert_silent, receive_json
 
 
+def nested(value, depth: int) -> list:
+    """value inside depth levels of lists."""
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.fixture
 async def running(start_engine):
     return await start_engine(SCRIPT)
@@ -168,8 +175,7 @@ async def test_conn_call_wakes_a_waiting_wait_context_value(running, function, a
     ({"c": "CID", "f": "set_context_value", "a": ["k"]}, "a must be [key, value]"),
     ({"c": "CID", "f": "set_context_value", "a": [1, "v"]}, "a must be [key, value]"),
     ({"c": "CID", "f": "set_context_value", "a": ["", "v"]}, "a must be [key, value]"),
-    ({"c": "CID", "f": "set_context_value", "a": ["k", [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
-     "nested deeper"),
+    ({"c": "CID", "f": "set_context_value", "a": ["k", nested(1, 65)]}, "nested deeper"),
 ])
 async def test_conn_call_bad_params_are_101_and_change_nothing(running, params, says):
     api = await api_ws(running)

@@ -152,7 +152,7 @@ def test_parse_url_matches_go(tmp_path):
     cases = URL_EXAMPLES + generated(URL_PIECES, 4, 3000, 10) + structured_urls(6, 3000)
     expected = run_go("url", cases, tmp_path)
     mismatches = []
-    for raw, go in zip(cases, expected):
+    for raw, go in zip(cases, expected, strict=True):
         try:
             u = parse_url(raw)
             query = [[b64(k), [b64(v) for v in vs]] for k, vs in sorted(parse_query(u.raw_query).items())]
@@ -170,7 +170,7 @@ def test_base64_decode_matches_go(tmp_path):
     cases = [b"", b"aGVsbG8=", b"aGVsbG8", b"aGVs\r\nbG8=", b"YQ=\n="] + generated(B64_PIECES, 5, 4000, 6)
     expected = run_go("base64", cases, tmp_path)
     mismatches = []
-    for text, go in zip(cases, expected):
+    for text, go in zip(cases, expected, strict=True):
         try:
             ours = ["ok", b64(base64_decode(text))]
         except Base64Error as exc:

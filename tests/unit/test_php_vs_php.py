@@ -201,7 +201,7 @@ def test_pack_matches_php(tmp_path):
     cases = pack_cases(random.Random(1), 3000)
     expected = run_php("pack", [[b64(fmt), [tag_value(v) for v in args]] for fmt, args in cases], tmp_path)
     mismatches = []
-    for (fmt, args), php in zip(cases, expected):
+    for (fmt, args), php in zip(cases, expected, strict=True):
         try:
             ours = ["ok", b64(pack(fmt, args))]
         except PackError as exc:
@@ -215,7 +215,7 @@ def test_unpack_matches_php(tmp_path):
     cases = unpack_cases(random.Random(2), 3000)
     expected = run_php("unpack", [[b64(fmt), b64(data)] for fmt, data in cases], tmp_path)
     mismatches = []
-    for (fmt, data), php in zip(cases, expected):
+    for (fmt, data), php in zip(cases, expected, strict=True):
         try:
             ours = ["ok", tag_value(unpack(fmt, data))]
         except PackError as exc:
@@ -229,7 +229,7 @@ def test_parse_str_matches_php(tmp_path):
     cases = parse_str_cases(random.Random(3), 3000)
     expected = run_php("parse_str", [b64(query) for query in cases], tmp_path)
     mismatches = []
-    for query, php in zip(cases, expected):
+    for query, php in zip(cases, expected, strict=True):
         ours = ["ok", tag_value(parse_str(query))]
         if ours != php:
             mismatches.append((query, php, ours))
