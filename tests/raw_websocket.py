@@ -14,6 +14,8 @@ import os
 import socket
 import struct
 
+from tests.waiting import within
+
 
 class RawWebSocket:
     def __init__(self, sock: socket.socket) -> None:
@@ -46,11 +48,12 @@ class RawWebSocket:
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = await self.loop.sock_recv(self.sock, 4096)
-            if not chunk:
-                raise ConnectionError("closed during the handshake")
-            self.buffer += chunk
+        async with within(10, "the answer to the upgrade request"):
+            while b"\r\n\r\n" not in self.buffer:
+                chunk = await self.loop.sock_recv(self.sock, 4096)
+                if not chunk:
+                    raise ConnectionError("closed during the handshake")
+                self.buffer += chunk
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         return int(head.split(b" ", 2)[1]), head
 

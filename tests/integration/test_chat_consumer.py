@@ -10,6 +10,7 @@ import pytest
 
 from connmix_py import Engine, load_settings
 from tests.conftest import ROOT, load_example_module
+from tests.waiting import until
 
 EXAMPLE = os.path.join(ROOT, "examples", "chat-consumer")
 
@@ -50,10 +51,8 @@ async def test_each_user_gets_the_answers_to_their_own_frames(engine, worker, se
 async def test_frames_sent_while_no_worker_runs_are_answered_when_one_starts(engine, worker, session):
     ws = await session.ws_connect(f"http://127.0.0.1:{engine.server_port()}/chat")
     await ws.send_str("anyone there?")
-    for _ in range(100):  # the frame reaches the queue a moment after it is sent
-        if engine.queues.size("chat"):
-            break
-        await asyncio.sleep(0.02)
+    # the frame reaches the queue a moment after it is sent
+    await until(lambda: engine.queues.size("chat"), "the frame was queued")
     assert engine.queues.size("chat") == 1
     consuming = asyncio.create_task(worker.main(f"http://127.0.0.1:{engine.api_port}"))
     try:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import within
+
 GOOD_LUA = """
 function on_message(msg)
     mix.websocket():send(msg.data)
@@ -149,17 +151,18 @@ async def test_dev_starts_despite_unknown_keys_and_stops_on_sigterm(tmp_path):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     lines: list[str] = []
     try:
-        while not any("running" in line for line in lines):
-            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
-            assert line, "".join(lines)
-            lines.append(line)
+        async with within(30, "the engine logged that it is running"):
+            while not any("running" in line for line in lines):
+                line = (await proc.stderr.readline()).decode()
+                assert line, "".join(lines)
+                lines.append(line)
         proc.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(proc.stderr.read(), 30)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 30)
     output = "".join(lines) + rest.decode()
     assert output.count("bogusOption") == 1
     assert "Traceback" not in output

@@ -18,6 +18,7 @@ from tests.api_helpers import SCRIPT, burst, client_id, push, send_op
 from tests.conftest import Running, engine_config
 from tests.helpers import receive_json
 from tests.redis_server import free_port
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -322,11 +323,7 @@ async def test_consumer_survives_an_engine_restart(tmp_path, session):
         assert (await next_event(consumer)).data == "before"
 
         await first.stop()  # the engine goes away; the consumer retries with backoff
-        for _ in range(200):
-            if not consumer.attached:
-                break
-            await asyncio.sleep(0.02)
-        assert not consumer.attached
+        await until(lambda: not consumer.attached, "the consumer noticed the engine left")
         await asyncio.sleep(0.5)  # a few failed attempts
 
         second = await engine_on_port(tmp_path, api_port)

@@ -11,6 +11,7 @@ import textwrap
 import aiohttp
 
 from connmix_py.ids import node_of
+from tests.waiting import within
 
 ID_SCRIPT = """
 function on_message(msg)
@@ -33,12 +34,13 @@ async def start_engine(config: str) -> tuple[asyncio.subprocess.Process, int]:
         sys.executable, "-m", "connmix_py", "dev", "-f", config,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     port = None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
-        assert line, "the engine exited before it was running"
-        port = port or (LISTENING.search(line) and int(LISTENING.search(line).group(1)))
-        if "running" in line:
-            break
+    async with within(30, "the engine logged that it is running"):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "the engine exited before it was running"
+            port = port or (LISTENING.search(line) and int(LISTENING.search(line).group(1)))
+            if "running" in line:
+                break
     assert port
     return proc, port
 
@@ -61,7 +63,7 @@ async def test_kill_9_and_restart_never_repeats_an_id(tmp_path):
             procs.append(first)
             before = await client_ids(session, port, 20)
             first.send_signal(signal.SIGKILL)
-            await first.wait()
+            await asyncio.wait_for(first.wait(), 30)
             second, port = await start_engine(config)
             procs.append(second)
             after = await client_ids(session, port, 20)
@@ -69,7 +71,7 @@ async def test_kill_9_and_restart_never_repeats_an_id(tmp_path):
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await asyncio.wait_for(proc.wait(), 30)
     assert len(set(before + after)) == 40
     assert min(int(i) for i in after) > max(int(i) for i in before)
     assert {node_of(i) for i in before + after} == {1}

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tests.helpers import assert_silent
 from tests.luahelp import EVAL_SCRIPT, NIL, ask
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -378,10 +379,7 @@ async def test_client_leaving_ends_a_wait_and_runs_on_close(start_engine):
     await ws.send_str("after")
     await ws.close()
     queues = running.engine.queues
-    for _ in range(100):
-        if queues.size("closed"):
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: queues.size("closed"), "on_close pushed to the queue")
     assert queues.pop("ended") == "nil"
     assert queues.pop("seen") == "after"
     assert queues.pop("closed") == "clean"

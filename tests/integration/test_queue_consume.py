@@ -12,6 +12,7 @@ import pytest
 from tests.api_helpers import SCRIPT, api_ws, burst, call, client_id, push
 from tests.helpers import assert_silent, receive_json
 from tests.raw_websocket import RawWebSocket
+from tests.waiting import until, within
 
 
 @pytest.fixture
@@ -105,14 +106,6 @@ async def test_a_consumer_that_leaves_gets_nothing_more_the_other_gets_it_all(ru
     assert [e["d"]["i"] for e in await events(staying, 10)] == list(range(5, 15))
 
 
-async def until(condition, what: str) -> None:
-    for _ in range(250):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"never happened: {what}")
-
-
 async def test_the_last_consumer_leaving_leaves_its_items_queued(running):
     leaving = await consumer(running, "jobs")
     await leaving.close()
@@ -156,9 +149,10 @@ async def test_a_consumer_that_stops_reading_is_skipped_and_nothing_is_lost(star
         await until(lambda: running.engine.queues.size("jobs") == 0, "every item handed out")
         assert len(received) > total // 2
         # Now the stuck consumer reads what was written to it.
-        while len(stuck_items) + len(received) < total:
-            opcode, payload = await stuck.read_frame()
-            stuck_items.append(orjson.loads(payload)["p"]["d"]["i"])
+        async with within(30, "the stuck consumer read the rest"):
+            while len(stuck_items) + len(received) < total:
+                opcode, payload = await stuck.read_frame()
+                stuck_items.append(orjson.loads(payload)["p"]["d"]["i"])
     finally:
         reading.cancel()
     assert stuck_items and sorted(stuck_items + received) == list(range(1, total + 1))  # each exactly once
@@ -207,12 +201,13 @@ async def test_a_consumer_connection_still_answers_requests(running):
     for i in range(20):
         await api.send_str(orjson.dumps({"m": "mesh.publish", "p": {"c": "x", "d": "y"}, "i": i}).decode())
     replies, items = [], []
-    while len(replies) < 20 or len(items) < 20:
-        frame = await receive_json(api)
-        if frame.get("e") == "queue.pop":
-            items.append(frame["p"]["d"]["i"])
-        else:
-            replies.append(frame["i"])
+    async with within(10, "20 replies and 20 items"):
+        while len(replies) < 20 or len(items) < 20:
+            frame = await receive_json(api)
+            if frame.get("e") == "queue.pop":
+                items.append(frame["p"]["d"]["i"])
+            else:
+                replies.append(frame["i"])
     assert replies == list(range(20)) and items == list(range(1, 21))
 
 

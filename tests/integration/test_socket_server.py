@@ -15,6 +15,7 @@ from connmix_py import Engine, parse_settings
 from connmix_py.config import ConfigError
 from tests.helpers import receive_json
 from tests.tcp_client import TcpClient
+from tests.waiting import until, within
 
 # Newline framing written inline, plus commands that exercise the engine.
 # "return <expr>" lines make protocol_input return <expr> (bad values).
@@ -161,11 +162,12 @@ async def watcher(running) -> TcpClient:
 
 async def closed_event(events: TcpClient, client_id: str) -> str:
     """on_close's err (and whether it got the conn) for client_id."""
-    while True:
-        line = await events.recv_line()
-        prefix = f"closed {client_id} "
-        if line.startswith(prefix):
-            return line[len(prefix):]
+    prefix = f"closed {client_id} "
+    async with within(10, f"on_close of client {client_id}"):
+        while True:
+            line = await events.recv_line()
+            if line.startswith(prefix):
+                return line[len(prefix):]
 
 
 async def assert_served(running) -> None:
@@ -465,10 +467,7 @@ async def test_closed_connections_leave_the_hub(running):
     for conn in conns:
         assert await ask(conn, "sub room") == "subscribed"
         await conn.close()
-    for _ in range(100):
-        if running.engine.stats()["connections"] == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: running.engine.stats()["connections"] == 0, "every connection left")
     assert running.engine.stats() == {"connections": 0, "channels": 0, "subscriptions": 0}
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.api_helpers import SCRIPT, api_ws, call, client_id, error_code, send_op
 from tests.helpers import assert_silent, receive_json
+from tests.waiting import within
 
 
 def nested(value, depth: int) -> list:
@@ -99,10 +100,11 @@ async def test_a_thousand_pipelined_requests_are_all_answered_by_id(running):
     # All written before any reply is read.
     await asyncio.gather(*(api.send_str(orjson.dumps(f).decode()) for f in frames))
     replies = {}
-    while len(replies) < 1000:
-        reply = await receive_json(api)
-        assert reply["i"] not in replies, "one reply per request"
-        replies[reply["i"]] = reply
+    async with within(30, "1000 replies"):
+        while len(replies) < 1000:
+            reply = await receive_json(api)
+            assert reply["i"] not in replies, "one reply per request"
+            replies[reply["i"]] = reply
     for request_id, expected in kinds.items():
         reply = replies[request_id]
         if expected == 401:

@@ -1,0 +1,40 @@
+"""Deadlines for the tests' waits: when a guarantee breaks, the test fails
+saying what it waited for, instead of hanging until the per-test timeout.
+
+    await until(lambda: engine.stats()["connections"] == 0, "the hub emptied")
+    async with within(10, "the close event"):
+        while ...: await read_next()
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+# Generous on purpose: a hang guard, never a timing goal.
+TIMEOUT = 10.0
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
+    """Poll until condition() is true; fail the test after timeout seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def within(timeout: float, what: str) -> AsyncIterator[None]:
+    """A block (a loop of reads, say) that must end within timeout seconds."""
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():  # a shorter wait inside the block ran out: its own error
+            raise
+        pytest.fail(f"not within {timeout} s: {what}")
