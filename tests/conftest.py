@@ -113,25 +113,37 @@ async def start_engine(tmp_path, session):
         await engine.stop()
 
 
+# Where the article's Lua (and the example's) calls the auth API.
+ARTICLE_AUTH_API = "http://127.0.0.1:8000"
+
+
 class AuthApi:
-    """The example's auth API, running; ``config`` changes its behaviour live."""
+    """The example's auth API, running on a free port; ``config`` changes its
+    behaviour live (``config["engine_api"]``: where /send_message publishes)."""
 
     def __init__(self, module) -> None:
         self.app = module.make_app()
         self.config = self.app[module.CONFIG]
         self.runner = web.AppRunner(self.app, access_log=None)
+        self.url = ""
 
     async def start(self) -> None:
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 8000).start()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
 
+    def serve(self, script: str) -> str:
+        """The article's script calling this app instead of 127.0.0.1:8000."""
+        assert script.count(ARTICLE_AUTH_API) == 1, "the script no longer names the article's auth API"
+        return script.replace(ARTICLE_AUTH_API, self.url)
+
 
 @pytest.fixture
 async def auth_app():
-    """The example's auth API on 127.0.0.1:8000, where the article's Lua calls it."""
+    """The example's auth API; scripts reach it through ``auth_app.serve(script)``."""
     api = AuthApi(load_example_module("auth_app"))
     await api.start()
     yield api
