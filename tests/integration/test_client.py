@@ -17,8 +17,8 @@ from connmix_py.client import (CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SE
 from tests.api_helpers import SCRIPT, burst, client_id, push, send_op
 from tests.conftest import Running, engine_config
 from tests.helpers import receive_json
-from tests.redis_server import free_port
-from tests.waiting import until
+from tests.ports import reserved_port
+from tests.waiting import until, within
 
 
 @pytest.fixture
@@ -161,8 +161,14 @@ async def test_requests_in_flight_on_a_lost_connection_fail_and_the_next_call_re
         await runner.cleanup()
 
 
-async def test_ws_client_reconnects_to_a_restarted_engine(tmp_path):
-    api_port = free_port()
+@pytest.fixture
+def api_port():
+    """A port held for the whole test, so an engine can start again on it."""
+    with reserved_port() as port:
+        yield port
+
+
+async def test_ws_client_reconnects_to_a_restarted_engine(tmp_path, api_port):
     engine = await engine_on_port(tmp_path, api_port)
     try:
         async with AsyncClient(f"http://127.0.0.1:{api_port}", transport="ws", timeout=3) as client:
@@ -177,11 +183,11 @@ async def test_ws_client_reconnects_to_a_restarted_engine(tmp_path):
 
 
 async def test_an_unreachable_engine_is_a_transport_error():
-    url = f"http://127.0.0.1:{free_port()}"
-    for transport in ("http", "ws"):
-        async with AsyncClient(url, transport=transport, timeout=2) as client:
-            with pytest.raises(TransportError):
-                await client.publish("x", "y")
+    with reserved_port() as nobody_listens:
+        for transport in ("http", "ws"):
+            async with AsyncClient(f"http://127.0.0.1:{nobody_listens}", transport=transport, timeout=2) as client:
+                with pytest.raises(TransportError):
+                    await client.publish("x", "y")
 
 
 async def test_an_http_status_instead_of_a_reply_is_a_transport_error_with_the_status():
@@ -247,14 +253,15 @@ async def test_consumer_yields_events_and_stops_gracefully(running):
     ws = await running.connect()
     cid = await client_id(ws)
     consumer = Consumer(running.api_url, ["chat"])
-    await consumer.wait_attached()
+    await asyncio.wait_for(consumer.wait_attached(), 10)
     await push(ws, "chat", "hello")
     await push(ws, "chat", {"text": "table"})
     got = []
-    async for event in consumer:
-        got.append(event)
-        if len(got) == 2:
-            await consumer.stop()  # the loop ends after what already arrived
+    async with within(10, "two events, then the end of the iteration"):
+        async for event in consumer:
+            got.append(event)
+            if len(got) == 2:
+                await consumer.stop()  # the loop ends after what already arrived
     assert got == [QueueEvent(1, cid, "chat", "hello"), QueueEvent(1, cid, "chat", {"text": "table"})]
     await consumer.close()
     assert (await push(ws, "chat", "after stop"))["n"] == 1  # waits in the engine for the next consumer
@@ -264,8 +271,9 @@ async def test_consumer_refused_topics_raise_the_api_error(start_engine):
     running = await start_engine(SCRIPT, luavm={"queue": {"maxTopics": 2}})
     async with Consumer(running.api_url, ["a", "b", "c"]) as consumer:
         with pytest.raises(ApiError) as refused:
-            async for _ in consumer:
-                pass
+            async with within(10, "the refusal"):
+                async for _ in consumer:
+                    pass
     assert refused.value.code == CONSUME_FAILED
 
 
@@ -311,8 +319,7 @@ async def next_event(consumer: Consumer) -> QueueEvent:
     return await asyncio.wait_for(consumer.__anext__(), 10)
 
 
-async def test_consumer_survives_an_engine_restart(tmp_path, session):
-    api_port = free_port()
+async def test_consumer_survives_an_engine_restart(tmp_path, session, api_port):
     first = await engine_on_port(tmp_path, api_port)
     second = None
     consumer = Consumer(f"http://127.0.0.1:{api_port}", ["chat", "jobs"], min_backoff=0.05, max_backoff=0.2)
@@ -345,8 +352,8 @@ async def test_consumers_share_a_topic_round_robin(running):
     first = Consumer(running.api_url, ["jobs"])
     second = Consumer(running.api_url, ["jobs"])
     try:
-        await first.wait_attached()
-        await second.wait_attached()
+        await asyncio.wait_for(first.wait_attached(), 10)
+        await asyncio.wait_for(second.wait_attached(), 10)
         ws = await running.connect()
         assert (await burst(ws, "jobs", 10))["pushed"] == 10
         a = [(await next_event(first)).data["i"] for _ in range(5)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.helpers import receive_json
+from tests.ports import reserved_port
 
 QUEUE = """
 function on_message(msg)
@@ -72,13 +73,13 @@ async def test_redis_commands_map_replies_to_lua_values(start_engine, redis_serv
 
 
 async def test_redis_unknown_name_and_unreachable_server_are_errors(start_engine, redis_server):
-    from tests.redis_server import free_port
-    running = await start_engine(REDIS, luavm={"redis": [
-        {"name": "default", "addr": redis_server.addr},
-        {"name": "down", "addr": f"127.0.0.1:{free_port()}"}]})
-    ws = await running.connect()
-    assert "not configured" in (await command(ws, "PING", name="nope"))["err"]
-    down = await command(ws, "PING", name="down")
+    with reserved_port() as nobody_listens:
+        running = await start_engine(REDIS, luavm={"redis": [
+            {"name": "default", "addr": redis_server.addr},
+            {"name": "down", "addr": f"127.0.0.1:{nobody_listens}"}]})
+        ws = await running.connect()
+        assert "not configured" in (await command(ws, "PING", name="nope"))["err"]
+        down = await command(ws, "PING", name="down")
     assert down["v"] == "<nil>" and down["err"].startswith("redis:")
     assert (await command(ws, "PING"))["v"] == "PONG"
 
