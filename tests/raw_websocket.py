@@ -57,13 +57,14 @@ class RawWebSocket:
         return cls(sock)
 
     async def handshake(self, path: str, headers: dict[str, str] | None = None,
-                        version: str = "13") -> tuple[int, bytes]:
-        """Send the upgrade request; (status, response head)."""
+                        version: str = "13", then: bytes = b"") -> tuple[int, bytes]:
+        """Send the upgrade request, and ``then`` in the same write (frames
+        that arrive before the upgrade is answered); (status, response head)."""
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {version}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode() + then)
         while b"\r\n\r\n" not in self.buffer:
             chunk = await self.loop.sock_recv(self.sock, 4096)
             if not chunk:

@@ -4,6 +4,7 @@ text that is not UTF-8 is refused before any websocket client gets it.
 Socket servers carry bytes and are not affected."""
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import aiohttp
@@ -133,6 +134,33 @@ async def test_frames_before_an_unmasked_one_in_the_same_read_are_handled(start_
     assert await raw.read_frame() == (OP_TEXT, b"echo first")
     assert await raw.read_frame() == (OP_TEXT, b"echo " + big)
     await assert_failed(raw, events, cid, 1002, "unmasked")
+
+
+async def test_frames_split_anywhere_across_reads_are_followed(start_engine):
+    running, events, raw, cid = await watched_client(start_engine)
+    stream = (client_frame(b"s" * 300) + client_frame(b"m" * 70000) + client_frame(b"tiny")
+              + client_frame(b"bare", masked=False))
+    # Cuts inside the 16-bit and 64-bit length headers, the masks and the payloads.
+    # Frames start at 0, 308, 70322 and 70332 (headers of 8, 14, 6 and 2 bytes).
+    cuts = [1, 3, 5, 7, 300, 309, 315, 320, 40000, 70323, 70325, 70330, 70333]
+    for start, end in zip([0] + cuts, cuts + [len(stream)]):
+        await raw.send_bytes(stream[start:end])
+        await asyncio.sleep(0.02)  # separate reads on the server
+    assert await raw.read_frame() == (OP_TEXT, b"echo " + b"s" * 300)
+    assert await raw.read_frame() == (OP_TEXT, b"echo " + b"m" * 70000)
+    assert await raw.read_frame() == (OP_TEXT, b"echo tiny")
+    await assert_failed(raw, events, cid, 1002, "unmasked")
+
+
+async def test_an_unmasked_frame_sent_with_the_upgrade_request_is_refused(start_engine):
+    running = await start_engine(SCRIPT)
+    raw = await RawWebSocket.open(running.engine.server_port())
+    # Bytes read before aiohttp's frame parser exists are checked too.
+    early = client_frame(b"first") + client_frame(b"bare", masked=False)
+    status, _ = await raw.handshake(running.path, then=early)
+    assert status == 101
+    assert await raw.read_frame() == (OP_TEXT, b"echo first")
+    assert await closed_with(raw) == 1002
 
 
 @pytest.mark.parametrize("version", ["8", "7", "14"])
