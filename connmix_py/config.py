@@ -113,6 +113,9 @@ class Settings:
     api_server: ApiServerSettings = field(default_factory=ApiServerSettings)
     luavm: LuaVmSettings = field(default_factory=LuaVmSettings)
     servers: list[ServerSettings] = field(default_factory=list)
+    # ours: the largest payload one publish or send may carry (any API, Lua,
+    # Python); a bigger one is refused up front instead of reaching clients.
+    max_outbound_message_size: int = 16 * 1024 * 1024
     base_dir: str = "."
     source: str = "<settings>"
 
@@ -324,8 +327,11 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
     if "access" in engine:  # ignoring it would leave the API open to someone who thinks it is not
         raise ConfigError("engine.access: access belongs at the top level of connmix.yaml")
     for key in engine:
-        if key not in ("apiServer", "servers") and key not in _KNOWN_SECTIONS:
+        if key not in ("apiServer", "servers", "maxOutboundMessageSize") and key not in _KNOWN_SECTIONS:
             unknown.add(f"engine.{key}")
+    if "maxOutboundMessageSize" in engine:
+        settings.max_outbound_message_size = _positive_int(
+            "engine.maxOutboundMessageSize", engine["maxOutboundMessageSize"])
     _apply(settings.api_server, engine.get("apiServer"), _API_KEYS, "engine.apiServer", unknown)
     luavm = engine.get("luavm") or {}
     if not isinstance(luavm, dict):

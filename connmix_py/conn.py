@@ -1,10 +1,12 @@
 """Connection: one client's id, context, subscriptions and bounded send queue.
 
 Frames are written straight to the transport; the transport's write buffer
-is the send queue. It is bounded twice: by size (``max_send_queue`` bytes)
-and by time (a frame that stays unflushed past ``write_timeout`` seconds).
-A connection over either bound is aborted as a slow client, so publishers
-are never slowed and memory stays bounded.
+is the send queue. It is bounded twice: by size (``max_send_queue`` bytes,
+not counting the largest frame queued: one big frame is not slowness) and by
+time (no progress for ``write_timeout`` seconds, progress meaning the client
+took everything queued or at least ``max_send_queue`` bytes). A connection
+over either bound is aborted as a slow client, so publishers are never
+slowed and memory stays bounded.
 
 What goes on the wire is the connection kind's business: each connection
 has an ``encoder`` turning a payload into its wire bytes (a websocket frame,
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any, Callable, Optional
 
 from . import frames
@@ -25,13 +28,18 @@ log = logging.getLogger("connmix.conn")
 # Close codes, in one table.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID_TEXT = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
 # Frames a connection may hold before its upgrade completes (sent on open).
 _MAX_PENDING_FRAMES = 1024
+# Queued frames at least this big are remembered, so the largest one queued
+# can be left out of the send-queue bound; smaller ones count in full.
+_BIG_FRAME = 64 * 1024
 
 # (payload, binary, target connection or None for a publish) -> wire bytes;
 # raises EncodeError when the payload cannot be encoded (the send fails).
@@ -42,12 +50,17 @@ class EncodeError(Exception):
     """A payload cannot be encoded for a connection (e.g. protocol_encode failed)."""
 
 
+class PayloadError(ValueError):
+    """The payload itself is refused (too big, or a text payload that is not
+    UTF-8): the caller's mistake, reported to it and never sent to anyone."""
+
+
 class Connection:
     __slots__ = (
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
-        "encoder", "session", "_pending", "_closer", "_loop",
+        "big_frames", "encoder", "session", "_pending", "_closer", "_loop",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
@@ -73,6 +86,8 @@ class Connection:
         self.sent_total = 0
         self.blocked_since: float | None = None
         self.block_mark = 0
+        # (start, end) offsets in sent_total of big frames still queued.
+        self.big_frames: deque[tuple[int, int]] = deque()
         self.encoder = encoder
         # The server's per-connection state (a socket connection's input buffer).
         self.session = session
@@ -125,7 +140,8 @@ class Connection:
         return self.deliver(data, binary) is None
 
     def deliver(self, data: bytes, binary: bool = False) -> str | None:
-        """Encode for this connection and queue; None when queued, else why not."""
+        """Encode for this connection and queue; None when queued, else why not.
+        Raises PayloadError when the encoder refuses the payload itself."""
         if self.closing:
             return "connection closed"
         try:
@@ -148,16 +164,39 @@ class Connection:
         if transport.is_closing():  # the peer is gone; the handler will notice
             return False
         transport.write(frame)
+        start = self.sent_total
         self.sent_total += len(frame)
         queued = transport.get_write_buffer_size()
         if queued:
-            if queued > self.max_send_queue:
+            if len(frame) >= _BIG_FRAME:
+                self._forget_flushed(self.sent_total - queued)
+                self.big_frames.append((start, self.sent_total))
+            if queued > self.max_send_queue and self._queued_beyond_largest(queued) > self.max_send_queue:
                 self.abort(f"slow client: send queue over {self.max_send_queue} bytes")
                 return False
             if self.blocked_since is None:
                 self.blocked_since = self._loop.time()
-                self.block_mark = self.sent_total
+                self.block_mark = self._progress_mark(queued)
         return True
+
+    def _queued_beyond_largest(self, queued: int) -> int:
+        """Bytes queued, not counting what is left of the largest queued frame."""
+        flushed = self.sent_total - queued
+        self._forget_flushed(flushed)
+        largest = max((end - max(start, flushed) for start, end in self.big_frames), default=0)
+        return queued - largest
+
+    def _forget_flushed(self, flushed: int) -> None:
+        big = self.big_frames
+        while big and big[0][1] <= flushed:
+            big.popleft()
+
+    def _progress_mark(self, queued: int) -> int:
+        """The sent_total the client must have taken for its send to count as
+        progressing: everything queued now, or max_send_queue bytes of it
+        (a frame bigger than the queue may take longer than one timeout)."""
+        flushed = self.sent_total - queued
+        return min(self.sent_total, flushed + self.max_send_queue)
 
     def check_timeouts(self, now: float) -> None:
         """Called about once a second: enforce read and write timeouts.
@@ -176,10 +215,11 @@ class Connection:
         queued = transport.get_write_buffer_size()
         if queued == 0:
             self.blocked_since = None
+            self.big_frames.clear()
         elif self.sent_total - queued >= self.block_mark:
-            # What was queued when the block began has gone out: progress.
+            # The client took what the mark asked for: progress.
             self.blocked_since = now
-            self.block_mark = self.sent_total
+            self.block_mark = self._progress_mark(queued)
         elif self.write_timeout and now - self.blocked_since > self.write_timeout:
             self.abort(f"slow client: a send stayed blocked over {self.write_timeout:g}s")
 

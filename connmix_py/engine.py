@@ -39,7 +39,7 @@ class StartupError(Exception):
 class Engine:
     def __init__(self, config: str | Settings, node_id: int = 1) -> None:
         self.settings = load_settings(config) if isinstance(config, str) else config
-        self.hub = Hub()
+        self.hub = Hub(self.settings.max_outbound_message_size)
         self.mesh = Mesh(self.hub)
         self.ids = ClientIds(node_id)
         luavm = self.settings.luavm
@@ -142,12 +142,15 @@ class Engine:
     # -- pushing from Python -----------------------------------------------------------
 
     def publish(self, channel: str, data: str | bytes, type: str = "text") -> tuple[int, int]:
-        """Deliver to every subscriber of channel: (delivered, failed)."""
+        """Deliver to every subscriber of channel: (delivered, failed).
+        Raises ValueError (conn.PayloadError) when the payload is over
+        engine.maxOutboundMessageSize or is text that is not UTF-8."""
         payload = data.encode() if isinstance(data, str) else data
         return self.mesh.publish(channel, payload, type == "binary")
 
     def send(self, client_id: str, data: str | bytes, type: str = "text") -> bool:
-        """Deliver to one client; False when it is unknown or closed."""
+        """Deliver to one client; False when it is unknown or closed.
+        Raises ValueError like publish."""
         payload = data.encode() if isinstance(data, str) else data
         return self.mesh.send(client_id, payload, type == "binary")
 

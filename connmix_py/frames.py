@@ -35,6 +35,24 @@ def binary_frame(payload: bytes) -> bytes:
     return encode_frame(payload, OP_BINARY)
 
 
+def is_utf8(payload: bytes) -> bool:
+    """RFC 6455 text must be UTF-8 (RFC 3629: no surrogates, no overlongs)."""
+    if payload.isascii():  # the common case, several times faster than decoding
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def websocket_wire(payload: bytes, binary: bool = False, conn: object = None) -> bytes:
-    """A websocket connection's encoder (see conn.Encoder): one frame; never fails."""
-    return encode_frame(payload, OP_BINARY if binary else OP_TEXT)
+    """A websocket connection's encoder (see conn.Encoder): one frame.
+    Raises conn.PayloadError for text that is not UTF-8: a browser closes
+    with 1007 on such a frame, so it is refused before anyone gets it."""
+    if binary:
+        return encode_frame(payload, OP_BINARY)
+    if not is_utf8(payload):
+        from .conn import PayloadError  # conn imports this module
+        raise PayloadError("text payload is not valid UTF-8 (send it as binary)")
+    return encode_frame(payload, OP_TEXT)

@@ -4,16 +4,24 @@ A channel's members are grouped by their connection's encoder (conn.Encoder):
 a publish encodes the payload once per group (one websocket frame for every
 websocket subscriber, one ``protocol_encode`` per socket server) and writes
 the same bytes to each member of the group.
+
+A payload is refused up front (PayloadError, nothing sent to anyone) when it
+is over ``max_payload`` bytes (engine.maxOutboundMessageSize) or when an
+encoder refuses it (text that is not UTF-8, for websocket subscribers).
 """
 from __future__ import annotations
 
 from typing import Iterator
 
-from .conn import Connection, EncodeError, Encoder
+from .conn import Connection, EncodeError, Encoder, PayloadError
+
+# engine.maxOutboundMessageSize's default: what the HTTP API accepts as a body.
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.max_payload = max_payload
         self.conns: dict[str, Connection] = {}
         self.channels: dict[str, dict[Encoder, set[Connection]]] = {}
         self.subscriptions = 0
@@ -61,21 +69,31 @@ class Hub:
                 del self.channels[channel]
         self.subscriptions -= 1
 
+    def check_size(self, data: bytes) -> None:
+        """Refuse a payload over the outbound limit, before anyone gets it."""
+        if len(data) > self.max_payload:
+            raise PayloadError(f"payload of {len(data)} bytes is over the outbound limit of "
+                               f"{self.max_payload} bytes (engine.maxOutboundMessageSize)")
+
     def publish(self, channel: str, data: bytes, binary: bool = False) -> tuple[int, int]:
-        """Encode once per encoder, write to every subscriber; (delivered, failed)."""
+        """Encode once per encoder, write to every subscriber; (delivered, failed).
+        Raises PayloadError (nothing written) when the payload is refused."""
+        self.check_size(data)
         groups = self.channels.get(channel)
         if not groups:
             return 0, 0
         delivered = failed = 0
-        # Encoding may run Lua and a write may abort a slow client; both can
-        # change the index: iterate copies.
+        # Every group is encoded before anything is written, so a refused
+        # payload reaches nobody. Encoding may run Lua and a write may abort
+        # a slow client; both can change the index: iterate copies.
+        encoded = []
         for encoder, members in tuple(groups.items()):
             try:
-                wire = encoder(data, binary, None)
+                encoded.append((encoder(data, binary, None), tuple(members)))
             except EncodeError:  # the encoder logged why
                 failed += len(members)
-                continue
-            for conn in tuple(members):
+        for wire, members in encoded:
+            for conn in members:
                 if conn.write_frame(wire):
                     delivered += 1
                 else:

@@ -13,10 +13,13 @@ class Mesh:
         self.hub = hub
 
     def publish(self, channel: str, data: bytes, binary: bool = False) -> tuple[int, int]:
-        """Deliver to every subscriber of channel; (delivered, failed)."""
+        """Deliver to every subscriber of channel; (delivered, failed).
+        Raises conn.PayloadError when the payload is refused."""
         return self.hub.publish(channel, data, binary)
 
     def send(self, client_id: str, data: bytes, binary: bool = False) -> bool:
-        """Deliver to one connection; False when it is unknown or closed."""
+        """Deliver to one connection; False when it is unknown or closed.
+        Raises conn.PayloadError when the payload is refused."""
+        self.hub.check_size(data)
         conn = self.hub.get(client_id)
         return conn is not None and conn.send(data, binary)

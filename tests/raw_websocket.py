@@ -17,6 +17,23 @@ import struct
 from tests.waiting import within
 
 
+def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, masked: bool = True) -> bytes:
+    """A client frame's bytes; masked=False breaks RFC 6455 5.1 on purpose."""
+    first = (0x80 if fin else 0) | opcode
+    mask_bit = 0x80 if masked else 0
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", first, mask_bit | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class RawWebSocket:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -41,13 +58,15 @@ class RawWebSocket:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         return cls(sock)
 
-    async def handshake(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        """Send the upgrade request; (status, response head)."""
+    async def handshake(self, path: str, headers: dict[str, str] | None = None,
+                        version: str = "13", then: bytes = b"") -> tuple[int, bytes]:
+        """Send the upgrade request, and ``then`` in the same write (frames
+        that arrive before the upgrade is answered); (status, response head)."""
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {version}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode() + then)
         async with within(10, "the answer to the upgrade request"):
             while b"\r\n\r\n" not in self.buffer:
                 chunk = await self.loop.sock_recv(self.sock, 4096)
@@ -57,18 +76,14 @@ class RawWebSocket:
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         return int(head.split(b" ", 2)[1]), head
 
-    async def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
-        """One final, masked frame (clients must mask)."""
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await self.loop.sock_sendall(self.sock, header + mask + masked)
+    async def send_frame(self, payload: bytes, opcode: int = 0x1, fin: bool = True,
+                         masked: bool = True) -> None:
+        """One frame, final and masked unless asked otherwise (clients must mask)."""
+        await self.send_bytes(client_frame(payload, opcode, fin, masked))
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Bytes as they are (several frames in one write, say)."""
+        await self.loop.sock_sendall(self.sock, data)
 
     async def send_text(self, text: str) -> None:
         await self.send_frame(text.encode(), 0x1)

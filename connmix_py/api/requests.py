@@ -8,6 +8,7 @@ from typing import Any
 
 from ..codes import (  # noqa: F401  (re-exported)
     ALREADY_CONSUMED, CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SEND_FAILED, UNPOP_FAILED)
+from ..conn import PayloadError
 
 
 class ApiError(Exception):
@@ -53,12 +54,19 @@ def delivery(params: Any, target: str) -> tuple[str, bytes, bool]:
 
 def publish(mesh, params: Any) -> dict[str, int]:
     channel, payload, binary = delivery(params, "channel")
-    delivered, failed = mesh.publish(channel, payload, binary)
+    try:
+        delivered, failed = mesh.publish(channel, payload, binary)
+    except PayloadError as exc:  # too big, or text that is not UTF-8: nobody got it
+        raise invalid(str(exc)) from None
     return {"s": delivered, "f": failed}
 
 
 def send(mesh, params: Any) -> dict[str, bool]:
     client_id, payload, binary = delivery(params, "client id")
-    if not mesh.send(client_id, payload, binary):
+    try:
+        sent = mesh.send(client_id, payload, binary)
+    except PayloadError as exc:
+        raise invalid(str(exc)) from None
+    if not sent:
         raise ApiError(SEND_FAILED, f"send failed: client {client_id} not found or closed")
     return {"s": True}

@@ -1,9 +1,11 @@
 """`protocol: websocket` servers on aiohttp, driving the entry script's callbacks.
 
 A connection's life: the upgrade request is checked (path, then a valid
-websocket handshake), ``on_handshake`` may refuse it (403; a Lua error there
-is a 500), frames go to ``on_message`` one at a time, and ``on_close`` runs
-exactly once with nil after a clean close and the reason otherwise.
+websocket handshake of version 13), ``on_handshake`` may refuse it (403; a
+Lua error there is a 500), frames go to ``on_message`` one at a time, and
+``on_close`` runs exactly once with nil after a clean close and the reason
+otherwise. RFC 6455 violations close the connection (rfc6455.py): text that
+is not UTF-8 with 1007, an unmasked frame or a bad close code with 1002.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
 from ..config import ServerSettings
-from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection,
-                    enforce_timeouts)
+from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL,
+                    CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, Connection, enforce_timeouts)
+from ..frames import is_utf8
 from ..hub import Hub
 from ..lua.vm import LuaVM
 from ..textproto import first_values
+from .rfc6455 import ServerWebSocketResponse, close_code_error, unsupported_version
 
 log = logging.getLogger("connmix.websocket")
 
@@ -83,11 +87,16 @@ class WebSocketServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(status=400, text="websocket upgrade expected\n")
+        refused = unsupported_version(request)
+        if refused is not None:
+            return refused
         # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-        # Text frames stay bytes (Lua strings) and no compression is offered:
-        # fan-out writes the same uncompressed frame bytes to every client.
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_size + 1, autoping=False,
-                                   compress=False, decode_text=False)
+        # Text frames stay bytes (Lua strings, checked for UTF-8 here) and no
+        # compression is offered: fan-out writes the same uncompressed frame
+        # bytes to every client. No autoclose: a client's close frame is
+        # checked before it is answered.
+        ws = ServerWebSocketResponse(max_msg_size=self.settings.max_message_size + 1, autoping=False,
+                                     autoclose=False, compress=False, decode_text=False)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="invalid websocket handshake\n")
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -145,6 +154,9 @@ class WebSocketServer:
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     binary = kind is WSMsgType.BINARY
+                    if not binary and not is_utf8(msg.data):  # a fragmented message comes whole
+                        self._fail(conn, CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
+                        break
                     if worker is None or worker.done():
                         pending = vm.call_message(conn, binary, msg.data)
                         if pending is not None:
@@ -163,7 +175,12 @@ class WebSocketServer:
                 elif kind is WSMsgType.CLOSED and not conn.closing:
                     err = LOST_WITHOUT_CLOSE
                     break
-                else:  # CLOSE from the client (clean), or CLOSING asked for by us
+                elif kind is WSMsgType.CLOSE:  # from the client: clean unless its code is invalid
+                    invalid = close_code_error(msg.data)
+                    if invalid is not None:
+                        self._fail(conn, CLOSE_PROTOCOL_ERROR, f"protocol error (1002): {invalid}")
+                    break
+                else:  # CLOSING asked for by us
                     break
         except asyncio.CancelledError:
             err = "server shutting down"
@@ -202,6 +219,11 @@ class WebSocketServer:
                                conn.close_err.encode() if conn.close_err else None)
         if pending is not None:
             await pending
+
+    def _fail(self, conn: Connection, code: int, text: str) -> None:
+        """Close for a protocol violation; ``text`` is logged and goes to on_close."""
+        log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, text)
+        conn.close(code, text)
 
     def _receive_error(self, conn: Connection, exc: BaseException) -> str:
         """The reason for on_close when receiving failed; protocol errors are logged."""

@@ -6,7 +6,7 @@ many arguments as the caller wrote, so every method ignores extras.
 """
 from __future__ import annotations
 
-from ...conn import CLOSE_NORMAL
+from ...conn import CLOSE_NORMAL, PayloadError
 from ..convert import ConversionError, from_lua
 from .mesh import frame_kind
 from .values import bad_argument, err, fail, lua_string
@@ -130,7 +130,11 @@ def bridge(vm) -> dict:
             return bad_argument(1, "send", "string", data)[1]
         if binary is None:
             return bad_argument(2, "send", "'text' or 'binary'", kind)[1]
-        failure = conn.deliver(payload, binary)  # why not sent: closed, protocol_encode failed
+        try:
+            hub.check_size(payload)
+            failure = conn.deliver(payload, binary)  # why not sent: closed, protocol_encode failed
+        except PayloadError as exc:  # too big, or text that is not UTF-8
+            return err(f"send: {exc}")
         return None if failure is None else failure.encode()
 
     def close(cid, *_):

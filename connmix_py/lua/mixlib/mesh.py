@@ -1,7 +1,8 @@
 """mix.mesh.publish / mix.mesh.send: reach connections anywhere in the grid."""
 from __future__ import annotations
 
-from .values import bad_argument, err, lua_string
+from ...conn import PayloadError
+from .values import bad_argument, err, fail, lua_string
 
 
 def frame_kind(kind) -> bool | None:
@@ -25,7 +26,10 @@ def bridge(vm) -> dict:
             return bad_argument(2, "publish", "string", data)
         if binary is None:
             return bad_argument(3, "publish", "'text' or 'binary'", kind)
-        return mesh.publish(ch.decode("utf-8", "replace"), payload, binary)
+        try:
+            return mesh.publish(ch.decode("utf-8", "replace"), payload, binary)
+        except PayloadError as exc:  # too big, or text that is not UTF-8: nobody got it
+            return fail(f"publish: {exc}")
 
     def mesh_send(client_id=None, data=None, kind=None, *_):
         cid, payload, binary = lua_string(client_id), lua_string(data), frame_kind(kind)
@@ -35,7 +39,11 @@ def bridge(vm) -> dict:
             return bad_argument(2, "send", "string", data)[1]
         if binary is None:
             return bad_argument(3, "send", "'text' or 'binary'", kind)[1]
-        if not mesh.send(cid.decode("ascii", "replace"), payload, binary):
+        try:
+            sent = mesh.send(cid.decode("ascii", "replace"), payload, binary)
+        except PayloadError as exc:
+            return err(f"send: {exc}")
+        if not sent:
             return err(f"send failed: client {cid.decode('ascii', 'replace')} not found or closed")
         return None
 
