@@ -143,7 +143,7 @@ async def test_frames_split_anywhere_across_reads_are_followed(start_engine):
     # Cuts inside the 16-bit and 64-bit length headers, the masks and the payloads.
     # Frames start at 0, 308, 70322 and 70332 (headers of 8, 14, 6 and 2 bytes).
     cuts = [1, 3, 5, 7, 300, 309, 315, 320, 40000, 70323, 70325, 70330, 70333]
-    for start, end in zip([0] + cuts, cuts + [len(stream)]):
+    for start, end in zip([0] + cuts, cuts + [len(stream)], strict=True):
         await raw.send_bytes(stream[start:end])
         await asyncio.sleep(0.02)  # separate reads on the server
     assert await raw.read_frame() == (OP_TEXT, b"echo " + b"s" * 300)
