@@ -29,7 +29,7 @@ from ..config import ServerSettings
 from ..conn import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, Connection,
                     enforce_timeouts)
 from ..hub import Hub
-from ..lua.vm import LuaVM
+from ..lua.vm import RESYNC, LuaVM
 from .limits import RateLimitedLog, watch_descriptors
 
 log = logging.getLogger("connmix.socket")
@@ -96,7 +96,8 @@ class SocketSession(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # unframed input
+        self.held = 0  # how much of it the Lua side holds already (fed before)
         self.unseen = False  # bytes arrived that protocol_input has not seen yet
         self.generation = 0  # bumped by clear_buffer: a running feed's count is void
         self.worker: asyncio.Task | None = None  # set while a callback waits
@@ -181,10 +182,15 @@ class SocketSession(asyncio.Protocol):
         self._idle()
 
     def _feed_once(self) -> Awaitable | None:
-        """One feed of the whole buffer; an awaitable when on_message waits."""
+        """One feed of what arrived since the last; an awaitable when on_message waits."""
         self.unseen = False
         generation = self.generation
-        result = self.vm.feed(self.conn, bytes(self.buffer))
+        held, self.held = self.held, len(self.buffer)
+        with memoryview(self.buffer) as view:
+            new = bytes(view[held:])
+        result = self.vm.feed(self.conn, new, held)
+        if result is RESYNC:
+            result = self.vm.feed(self.conn, bytes(self.buffer), 0)
         if result is None or type(result) is int:
             self._framed(result, generation)
             return None
@@ -200,6 +206,7 @@ class SocketSession(asyncio.Protocol):
             self.conn.close(CLOSE_NORMAL, "disconnected by protocol_input (it returned -1)")
         elif generation == self.generation:  # else clear_buffer dropped it all already
             del self.buffer[:result]
+            self.held -= result
             if result:
                 self.unfinished_since = None
 
@@ -246,6 +253,7 @@ class SocketSession(asyncio.Protocol):
     def clear_buffer(self) -> None:
         """conn:clear_buffer(): drop all buffered input."""
         self.buffer.clear()
+        self.held = 0
         self.unseen = False
         self.generation += 1
 
