@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from connmix_py import Engine, parse_settings
+from connmix_py.config import ConfigError
 from tests.conftest import engine_config
 from tests.tcp_client import TcpClient, packet
 
@@ -116,6 +117,28 @@ UNFINISHED_HEADS = {
     "half a request line": b"GET /ws HT",
     "half the headers": b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr",
 }
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_limit_keys_are_read_and_bad_values_name_the_key():
+    conf = engine_config("entry.lua", maxConnections=5, handshakeTimeout=2.5, packetTimeout=3)
+    conf["engine"]["apiServer"].update(maxConnections=7, handshakeTimeout=4, bodyTimeout=6)
+    settings = parse_settings(conf)
+    server, api = settings.servers[0], settings.api_server
+    assert (server.max_connections, server.handshake_timeout, server.packet_timeout) == (5, 2.5, 3)
+    assert (api.max_connections, api.handshake_timeout, api.body_timeout) == (7, 4, 6)
+    defaults = parse_settings(engine_config("entry.lua"))
+    assert (defaults.servers[0].max_connections, defaults.servers[0].handshake_timeout) == (0, 10)
+    for key, value in (("maxConnections", -1), ("handshakeTimeout", 0), ("packetTimeout", "x")):
+        bad = engine_config("entry.lua", **{key: value})
+        with pytest.raises(ConfigError, match=rf"^engine\.servers\[0\]\.{key}: expected"):
+            parse_settings(bad)
+    bad = engine_config("entry.lua")
+    bad["engine"]["apiServer"]["bodyTimeout"] = 0
+    with pytest.raises(ConfigError, match=r"^engine\.apiServer\.bodyTimeout: expected"):
+        parse_settings(bad)
 
 
 # -- request heads and bodies ------------------------------------------------------------
