@@ -79,6 +79,9 @@ class _LimitedServer(web.Server):
         watch_descriptors(transport)
         limit = self.limits.max_connections
         handler.over_limit = bool(limit) and len(self._connections) > limit
+        # aiohttp before 3.14 starts its keep-alive timer only after a
+        # response, leaving the first request untimed: time it here.
+        handler.first_head = self._loop.call_later(self.limits.head_timeout, _first_head_late, handler)
 
     def refuse(self, request: web.BaseRequest, status: int, reason: str) -> None:
         """One log line (rate-limited) for a refused request."""
@@ -87,6 +90,7 @@ class _LimitedServer(web.Server):
                               port, request.method, request.remote, reason, status)
 
     async def _guard(self, request: web.BaseRequest) -> web.StreamResponse:
+        request.protocol.first_head.cancel()
         if request.protocol.over_limit:
             self.refuse(request, 503, f"maxConnections {self.limits.max_connections} reached")
             return _closing_response(503, "too many connections")
@@ -131,6 +135,11 @@ class _LimitedHandler(RequestHandler):
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         self._manager.refuse(request, status, reason)
         return _closing_response(status, status.phrase.lower())
+
+
+def _first_head_late(handler: RequestHandler) -> None:
+    if handler.transport is not None:
+        handler.force_close()
 
 
 def _closing_response(status: int, text: str) -> web.Response:
