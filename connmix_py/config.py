@@ -37,6 +37,10 @@ class ApiServerSettings:
     bind: str = "0.0.0.0"
     read_timeout: float = 60
     write_timeout: float = 60
+    # ours (see ServerSettings), and the seconds a request body may take to arrive.
+    handshake_timeout: float = 10
+    body_timeout: float = 60
+    max_connections: int = 0
 
 
 @dataclass
@@ -58,6 +62,13 @@ class ServerSettings:
     # ours, socket servers: the most input bytes a connection may buffer
     # without protocol_input finding a complete packet in them.
     max_packet_size: int = 1024 * 1024
+    # ours: seconds from accept (or the previous response) for an HTTP request's
+    # line and headers (websocket servers, apiServer); seconds an unfinished
+    # packet may take to complete (socket servers); open connections per
+    # server, 0 = no limit.
+    handshake_timeout: float = 10
+    packet_timeout: float = 60
+    max_connections: int = 0
 
     @property
     def path(self) -> str:
@@ -139,6 +150,18 @@ def _seconds(key: str, value: Any) -> float:
     return float(value)
 
 
+def _positive_seconds(key: str, value: Any) -> float:
+    if _seconds(key, value) <= 0:
+        raise ConfigError(f"{key}: expected a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: expected an integer >= 0, got {value!r}")
+    return value
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
@@ -175,7 +198,10 @@ def _options(key: str, value: Any) -> dict[str, Any]:
 _LOGGING_KEYS = {"filename": ("filename", _string), "maxFiles": ("max_files", _positive_int),
                  "level": ("level", _level)}
 _API_KEYS = {"port": ("port", _port), "bind": ("bind", _string),
-             "readTimeout": ("read_timeout", _seconds), "writeTimeout": ("write_timeout", _seconds)}
+             "readTimeout": ("read_timeout", _seconds), "writeTimeout": ("write_timeout", _seconds),
+             "handshakeTimeout": ("handshake_timeout", _positive_seconds),
+             "bodyTimeout": ("body_timeout", _positive_seconds),
+             "maxConnections": ("max_connections", _non_negative_int)}
 _SERVER_KEYS = {
     "port": ("port", _port), "bind": ("bind", _string), "protocol": ("protocol", _protocol),
     "options": ("options", _options), "entry": ("entry", _string),
@@ -186,17 +212,14 @@ _SERVER_KEYS = {
     "maxMessageSize": ("max_message_size", _positive_int),
     "maxSendQueue": ("max_send_queue", _positive_int),
     "maxPacketSize": ("max_packet_size", _positive_int),
+    "handshakeTimeout": ("handshake_timeout", _positive_seconds),
+    "packetTimeout": ("packet_timeout", _positive_seconds),
+    "maxConnections": ("max_connections", _non_negative_int),
 }
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     return value
-
-
-def _positive_seconds(key: str, value: Any) -> float:
-    if _seconds(key, value) <= 0:
-        raise ConfigError(f"{key}: expected a number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 _LUAVM_KEYS = {"cpuBudget": ("cpu_budget", _positive_seconds),
@@ -208,12 +231,6 @@ _QUEUE_KEYS = {"topicSize": ("queue_topic_size", _positive_int),
 _KNOWN_SECTIONS = {"luavm", "broker"}
 _HTTP_KEYS = {"maxBodySize": ("http_max_body_size", _positive_int)}
 _LUAVM_SECTIONS = {"queue", "http", "redis"}
-
-
-def _non_negative_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}: expected an integer >= 0, got {value!r}")
-    return value
 
 
 def _addr(key: str, value: Any) -> str:

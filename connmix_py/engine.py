@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +25,8 @@ from .lua.vm import LuaLoadError, LuaVM
 from .mesh import Mesh
 from .queue import Queues
 from .redis_pools import RedisPools
+from .servers.http_limits import HttpLimits, limited_runner
+from .servers.limits import log_accept_failures, raise_fd_limit
 from .servers.socket import SocketServer
 from .servers.websocket import WebSocketServer
 
@@ -51,6 +54,7 @@ class Engine:
         self._api_runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task] = []
+        self._undo_accept_logging: Callable[[], None] | None = None
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -71,6 +75,8 @@ class Engine:
             self.vms = self.load_scripts()
         except (ConfigError, LuaLoadError) as exc:
             raise StartupError(str(exc)) from None
+        raise_fd_limit()
+        self._undo_accept_logging = log_accept_failures(asyncio.get_running_loop())
         where = "engine.apiServer"  # names the key in a "cannot listen" error
         try:
             for i, (server, vm) in enumerate(zip(self.settings.servers, self.vms, strict=True)):
@@ -98,7 +104,8 @@ class Engine:
                               middlewares=[access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats)
         ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
-        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
+                                                          api.body_timeout))
         await self._api_runner.setup()
         site = web.TCPSite(self._api_runner, api.bind, api.port, backlog=1024)
         await site.start()
@@ -130,6 +137,9 @@ class Engine:
             await self._http.close()
             self._http = None
         await self.redis.close()
+        if self._undo_accept_logging is not None:
+            self._undo_accept_logging()
+            self._undo_accept_logging = None
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:

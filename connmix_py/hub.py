@@ -86,14 +86,14 @@ class Hub:
         # Every group is encoded before anything is written, so a refused
         # payload reaches nobody. Encoding may run Lua and a write may abort
         # a slow client; both can change the index: iterate copies.
-        encoded = []
+        encoded: list[tuple[bytes, tuple[Connection, ...]]] = []
         for encoder, members in tuple(groups.items()):
             try:
                 encoded.append((encoder(data, binary, None), tuple(members)))
             except EncodeError:  # the encoder logged why
                 failed += len(members)
-        for wire, members in encoded:
-            for conn in members:
+        for wire, receivers in encoded:
+            for conn in receivers:
                 if conn.write_frame(wire):
                     delivered += 1
                 else:

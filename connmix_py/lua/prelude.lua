@@ -45,13 +45,15 @@ function Conn:send(data, kind) return py.send(self.id, data, kind) end
 function Conn:close() return py.close(self.id) end
 
 local conns = {}
-local feeding = {}  -- client id -> the socket input being framed (see feed)
+local inputs = {}  -- client id -> a socket connection's unframed input (see feed)
+local join_input  -- defined with mix.buffer
 
 -- Socket connections: drop the buffered input, including the rest of what
 -- the running feed has not framed yet.
 function Conn:clear_buffer()
-    local state = feeding[self.id]
+    local state = inputs[self.id]
     if state then
+        join_input(state)
         state.base = #state.data
     end
     return py.clear_buffer(self.id)
@@ -126,30 +128,51 @@ mix.socket = { tcp = mix.websocket }
 
 -- mix.buffer: the read-only view of a socket connection's buffered input
 -- that protocol_input gets; mix.buffer.new(s) makes one from a string.
--- Positions count from the view's start, which is `base` bytes into `data`.
+-- The input is `data` (its first `base` bytes already framed) followed by
+-- `tail`, the pieces received since, joined onto data only when a read
+-- reaches them: a packet trickled in small pieces is then copied once, not
+-- once per piece. Positions count from the view's start, `base` bytes into data.
 
 local Buffer = {}
 Buffer.__index = Buffer
+local concat = table.concat
 
-local function new_buffer(data, base)
-    return setmetatable({ _data = data, _base = base, _pos = base }, Buffer)
+local function new_input(data)
+    return { data = data, base = 0, tail = {}, tail_len = 0 }
+end
+
+join_input = function(state)
+    if state.tail_len > 0 then
+        state.data = state.data .. concat(state.tail)
+        state.tail, state.tail_len = {}, 0
+    end
+end
+
+local function new_buffer(state)
+    return setmetatable({ _input = state, _base = state.base, _pos = state.base }, Buffer)
 end
 
 function Buffer.new(data)
     if type(data) ~= "string" then
         return nil, "bad argument #1 to 'new' (string expected, got " .. type(data) .. ")"
     end
-    return new_buffer(data, 0)
+    return new_buffer(new_input(data))
 end
 
 function Buffer:tostring()
+    local state = self._input
+    join_input(state)
     if self._base == 0 then
-        return self._data
+        return state.data
     end
-    return self._data:sub(self._base + 1)
+    return state.data:sub(self._base + 1)
 end
 
-function Buffer:length() return #self._data - self._base end
+function Buffer:length()
+    local state = self._input
+    return #state.data + state.tail_len - self._base
+end
+
 function Buffer:position() return self._pos - self._base end
 
 -- s, err = buf:read(n): the next n bytes; nil, err (nothing read) when fewer remain.
@@ -157,13 +180,16 @@ function Buffer:read(n)
     if type(n) ~= "number" or n < 0 or n ~= floor(n) then
         return nil, "bad argument #1 to 'read' (non-negative integer expected, got " .. tostring(n) .. ")"
     end
-    local pos = self._pos
-    local left = #self._data - pos
+    local state, pos = self._input, self._pos
+    local left = #state.data + state.tail_len - pos
     if n > left then
         return nil, "buffer: " .. n .. " bytes asked, " .. left .. " left"
     end
+    if pos + n > #state.data then
+        join_input(state)
+    end
     self._pos = pos + n
-    return self._data:sub(pos + 1, pos + n)
+    return state.data:sub(pos + 1, pos + n)
 end
 
 Buffer.__tostring = Buffer.tostring
@@ -302,16 +328,18 @@ end
 
 local function forget(id)
     conns[id] = nil
-    feeding[id] = nil
+    inputs[id] = nil
 end
 
 -- socket protocol ------------------------------------------------------------
--- The engine buffers a socket connection's input; the script frames it. One
--- feed (a coroutine) frames a snapshot of the buffer: protocol_input says
--- how long the next packet is, protocol_decode turns it into a message,
--- on_message handles it (and may wait); then the next packet, until
--- protocol_input asks for more bytes. The feed returns how many bytes it
--- framed (-1: protocol_input asked to disconnect); the driver drops them.
+-- The engine buffers a socket connection's input; the script frames it.
+-- The Lua side keeps a copy of the unframed input (inputs[id]), so each feed
+-- hands over only the bytes received since the last one. One feed (a
+-- coroutine) frames what there is: protocol_input says how long the next
+-- packet is, protocol_decode turns it into a message, on_message handles it
+-- (and may wait); then the next packet, until protocol_input asks for more
+-- bytes. The feed returns how many bytes it framed (-1: protocol_input asked
+-- to disconnect); the driver drops them.
 -- Missing callbacks: no protocol_input frames all there is as one packet,
 -- no protocol_decode passes the packet on as it is.
 
@@ -335,23 +363,31 @@ local function packet_length(n, available)
     return n
 end
 
+local function unframed(state)
+    return #state.data - state.base + state.tail_len
+end
+
 local function feed(id, state)
-    local c, data, co = conn_object(id), state.data, running()
+    local c, co = conn_object(id), running()
     local input, decode = rawget(_G, "protocol_input"), rawget(_G, "protocol_decode")
-    while state.base < #data do
+    while unframed(state) > 0 do
         local base = state.base
-        local n = #data - base
+        local n = unframed(state)
         if type(input) == "function" then
             stage_of[co], deadline = "protocol_input", false
-            n = packet_length(protocol_call("protocol_input", input, new_buffer(data, base), c), n)
+            n = packet_length(protocol_call("protocol_input", input, new_buffer(state), c), n)
         end
         if n == 0 then
             break
         end
         if n == -1 then
-            feeding[id] = nil
+            inputs[id] = nil
             return -1
         end
+        if base + n > #state.data then
+            join_input(state)
+        end
+        local data = state.data
         if state.base == base then  -- else clear_buffer dropped it all already
             state.base = base + n
         end
@@ -366,14 +402,29 @@ local function feed(id, state)
             handle(msg, c)
         end
     end
-    feeding[id] = nil
-    return state.base
+    local framed = state.base
+    if framed > 0 then  -- keep only the unframed rest
+        state.data, state.base = state.data:sub(framed + 1), 0
+    end
+    return framed
 end
 
-local function dispatch_input(id, data)
+-- data: the bytes received since the last feed; held: how many unframed
+-- bytes the driver counts this side as holding (0: data is all there is).
+-- "resync" when this side holds something else (a new state after a hot
+-- update): the driver feeds again with everything and 0.
+local function dispatch_input(id, data, held)
+    local state = inputs[id]
+    if held == 0 then
+        state = new_input(data)
+        inputs[id] = state
+    elseif state == nil or unframed(state) ~= held then
+        return "resync"
+    elseif #data > 0 then
+        state.tail[#state.tail + 1] = data
+        state.tail_len = state.tail_len + #data
+    end
     enter(id)
-    local state = { data = data, base = 0 }
-    feeding[id] = state
     local co = create(run)
     return step(co, run_slice(co, feed, id, state))
 end

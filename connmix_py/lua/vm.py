@@ -77,6 +77,10 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+# What LuaVM.feed returns when it needs the whole unframed input again.
+RESYNC = "resync"
+
+
 class LuaVM:
     def __init__(self, settings: ServerSettings, hub, mesh,
                  http_session: Callable[[], aiohttp.ClientSession],
@@ -255,14 +259,21 @@ class LuaVM:
 
     # -- socket protocol (SPEC 3, "socket protocol callbacks") -------------------
 
-    def feed(self, conn: Connection, data: bytes) -> int | None | Awaitable:
+    def feed(self, conn: Connection, data: bytes, held: int) -> int | str | None | Awaitable:
         """Frame a socket connection's buffered input: protocol_input, then
         protocol_decode and on_message for each complete packet, in order.
+        ``data`` is the input received since the last feed, ``held`` how many
+        unframed bytes the Lua side kept from before (0: ``data`` is all).
         Returns how many bytes were framed (the caller drops them), -1 when
         protocol_input asked to disconnect, None after an error (logged, the
-        connection closing); or an awaitable of that when on_message waits."""
+        connection closing); or an awaitable of that when on_message waits;
+        or RESYNC when the Lua side does not hold ``held`` bytes (a new state
+        after a hot update): feed everything again with held 0."""
         self._current = conn
-        outcome = self._dispatch_input(conn.id_bytes, data)
+        outcome = self._dispatch_input(conn.id_bytes, data, held)
+        if outcome == b"resync":
+            self._current = None
+            return RESYNC
         if type(outcome) is tuple and outcome[0] == b"wait":
             return self._drive_and_finish(conn, "on_message", outcome[1], outcome[2])
         return self._finish(conn, "protocol_input", outcome)

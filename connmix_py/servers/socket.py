@@ -15,7 +15,9 @@ the buffer holds more than maxPacketSize bytes; then it pauses.
 
 Bounds: once every complete packet is handled, a buffer still holding more
 than maxPacketSize bytes (a packet that never completes) closes the
-connection, as do readTimeout, writeTimeout and maxSendQueue (conn.py).
+connection, as does a packet left unfinished for packetTimeout seconds, and
+readTimeout, writeTimeout and maxSendQueue (conn.py). Over maxConnections a
+new connection is closed at once.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import logging
 from typing import Awaitable, Callable
 
 from ..config import ServerSettings
-from ..conn import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Connection, enforce_timeouts
+from ..conn import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, Connection,
+                    enforce_timeouts)
 from ..hub import Hub
-from ..lua.vm import LuaVM
+from ..lua.vm import RESYNC, LuaVM
+from .limits import RateLimitedLog, watch_descriptors
 
 log = logging.getLogger("connmix.socket")
 
@@ -48,6 +52,7 @@ class SocketServer:
         self.encoder = self._encode
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self.refusals = RateLimitedLog(log)
 
     def _encode(self, payload: bytes, binary: bool, conn: Connection | None) -> bytes:
         # A socket has no text/binary distinction: both go through protocol_encode.
@@ -60,7 +65,7 @@ class SocketServer:
         if self.settings.port == 0:  # tests ask for any free port
             self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(
-            enforce_timeouts(self.conns, lambda conn, now: conn.session.check_close(now)))
+            enforce_timeouts(self.conns, lambda conn, now: conn.session.check_timeouts(now)))
 
     async def stop(self) -> None:
         if self._sweeper:
@@ -91,22 +96,31 @@ class SocketSession(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # unframed input
+        self.held = 0  # how much of it the Lua side holds already (fed before)
         self.unseen = False  # bytes arrived that protocol_input has not seen yet
         self.generation = 0  # bumped by clear_buffer: a running feed's count is void
         self.worker: asyncio.Task | None = None  # set while a callback waits
         self.eof = False
         self.paused = False
         self.close_started: float | None = None
+        self.unfinished_since: float | None = None  # buffered bytes, no packet framed since
         self.finished = self.loop.create_future()  # on_close has run
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        watch_descriptors(transport)
         server, settings = self.server, self.server.settings
         peer = transport.get_extra_info("peername")
         remote = f"{peer[0]}:{peer[1]}" if peer else ""
+        if settings.max_connections and len(server.conns) >= settings.max_connections:
+            server.refusals.warning("maxConnections", "port %d: refused a connection from %s: "
+                                    "maxConnections %d reached", server.port, remote,
+                                    settings.max_connections)
+            transport.abort()  # nothing to flush; self.conn stays None
+            return
         conn = Connection(server.next_client_id(), server, remote, settings.max_send_queue,
                           settings.write_timeout, settings.read_timeout,
                           encoder=server.encoder, session=self)
@@ -118,7 +132,7 @@ class SocketSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        if conn.close_code is not None:  # closed by the server: input is void
+        if conn is None or conn.close_code is not None:  # refused or closed by the server: input is void
             return
         self.buffer += data
         self.unseen = True
@@ -129,12 +143,16 @@ class SocketSession(asyncio.Protocol):
             self.paused = True
 
     def eof_received(self) -> bool:
+        if self.conn is None:
+            return False
         self.eof = True
         if self.worker is None:
             self._end_of_input()
         return True  # keep writing: replies to what came before the EOF still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is None:  # refused
+            return
         # After an EOF from the client, a reset on our replies is still its clean close.
         err = None if exc is None or self.eof else f"connection lost: {exc}"
         self.conn.mark_closed(err)
@@ -164,10 +182,15 @@ class SocketSession(asyncio.Protocol):
         self._idle()
 
     def _feed_once(self) -> Awaitable | None:
-        """One feed of the whole buffer; an awaitable when on_message waits."""
+        """One feed of what arrived since the last; an awaitable when on_message waits."""
         self.unseen = False
         generation = self.generation
-        result = self.vm.feed(self.conn, bytes(self.buffer))
+        held, self.held = self.held, len(self.buffer)
+        with memoryview(self.buffer) as view:
+            new = bytes(view[held:])
+        result = self.vm.feed(self.conn, new, held)
+        if result is RESYNC:
+            result = self.vm.feed(self.conn, bytes(self.buffer), 0)
         if result is None or type(result) is int:
             self._framed(result, generation)
             return None
@@ -183,6 +206,9 @@ class SocketSession(asyncio.Protocol):
             self.conn.close(CLOSE_NORMAL, "disconnected by protocol_input (it returned -1)")
         elif generation == self.generation:  # else clear_buffer dropped it all already
             del self.buffer[:result]
+            self.held -= result
+            if result:
+                self.unfinished_since = None
 
     def _stopped(self) -> bool:
         # Input the client sent before leaving is still handled; input
@@ -208,6 +234,10 @@ class SocketSession(asyncio.Protocol):
             self._end_of_input()
         else:
             conn.read_since = self.loop.time()
+            if not self.buffer:
+                self.unfinished_since = None
+            elif self.unfinished_since is None:
+                self.unfinished_since = conn.read_since
 
     def _end_of_input(self) -> None:
         """The client sent EOF and everything before it is handled: close."""
@@ -223,16 +253,32 @@ class SocketSession(asyncio.Protocol):
     def clear_buffer(self) -> None:
         """conn:clear_buffer(): drop all buffered input."""
         self.buffer.clear()
+        self.held = 0
         self.unseen = False
         self.generation += 1
 
     def _close(self, code: int) -> None:
-        """conn.close(): flush what is queued, then close (bounded by check_close)."""
+        """conn.close(): flush what is queued, then close (bounded by _check_close)."""
         if self.close_started is None:
             self.close_started = self.loop.time()
             self.transport.close()
 
-    def check_close(self, now: float) -> None:
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the sweeper."""
+        self._check_unfinished(now)
+        self._check_close(now)
+
+    def _check_unfinished(self, now: float) -> None:
+        """A packet that does not complete within packetTimeout closes the connection."""
+        since, timeout, conn = self.unfinished_since, self.server.settings.packet_timeout, self.conn
+        if since is None or conn.closing or now - since <= timeout:
+            return
+        reason = (f"packet timeout: {len(self.buffer)} bytes of a packet not completed "
+                  f"within {timeout:g}s")
+        log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, reason)
+        conn.close(CLOSE_POLICY, reason)
+
+    def _check_close(self, now: float) -> None:
         """A close that cannot flush (the client does not read) is cut after writeTimeout."""
         timeout = self.conn.write_timeout
         if (self.close_started is not None and timeout and not self.finished.done()

@@ -24,6 +24,7 @@ from ..frames import is_utf8
 from ..hub import Hub
 from ..lua.vm import LuaVM
 from ..textproto import first_values
+from .http_limits import HttpLimits, limited_runner
 from .rfc6455 import ServerWebSocketResponse, close_code_error, unsupported_version
 
 log = logging.getLogger("connmix.websocket")
@@ -62,7 +63,8 @@ class WebSocketServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(self.settings.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        settings = self.settings
+        self._runner = limited_runner(app, HttpLimits(settings.handshake_timeout, settings.max_connections))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.bind, self.settings.port, backlog=1024)
         try:

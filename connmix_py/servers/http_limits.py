@@ -1,0 +1,154 @@
+"""Bounds on the aiohttp ports (websocket servers and the apiServer): what a
+client that connects and then sends slowly, too much or nothing may cost.
+
+- the request head (line and headers) must arrive within ``head_timeout``
+  seconds of the accept, or of the previous response on a kept-alive
+  connection; else the connection is closed;
+- a request body must arrive within ``body_timeout`` seconds of its head
+  (408 and close);
+- over ``max_connections`` open connections a new one gets 503;
+- a head too big gets 431, a malformed one 400: one log line, no traceback.
+
+Refusals are logged at most once a second per port and kind (a flood costs
+one line a second, with a count).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from .limits import RateLimitedLog, watch_descriptors
+
+log = logging.getLogger("connmix.http")
+
+# What a body that does not arrive in time gets, written straight to the
+# socket: the handler may be blocked reading it.
+_BODY_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                       b"Content-Type: text/plain\r\nContent-Length: 27\r\n\r\n"
+                       b"request body not received\r\n")
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    head_timeout: float
+    max_connections: int = 0  # 0: no limit
+    body_timeout: float = 0  # 0: no limit
+
+
+def limited_runner(app: web.Application, limits: HttpLimits) -> web.AppRunner:
+    """An AppRunner for ``app`` whose connections are bounded by ``limits``."""
+    return _LimitedRunner(app, limits)
+
+
+class _LimitedRunner(web.AppRunner):
+    def __init__(self, app: web.Application, limits: HttpLimits) -> None:
+        # aiohttp's keep-alive timer is the one that runs while a connection
+        # waits for a request head: from the accept, and after each response.
+        super().__init__(app, access_log=None, handle_signals=False,
+                         keepalive_timeout=limits.head_timeout)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        app_server = await super()._make_server()  # starts the app
+        return _LimitedServer(self.limits, app_server)
+
+
+class _LimitedServer(web.Server):
+    """aiohttp's low-level server for the app, making bounded handlers and
+    guarding the app's request handler."""
+
+    def __init__(self, limits: HttpLimits, app_server: web.Server) -> None:
+        super().__init__(self._guard, request_factory=app_server.request_factory,
+                         handler_cancellation=app_server.handler_cancellation,
+                         loop=app_server._loop, **app_server._kwargs)
+        self.limits = limits
+        self.app_handler = app_server.request_handler
+        self.refusals = RateLimitedLog(log)
+
+    def __call__(self) -> RequestHandler:
+        return _LimitedHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        watch_descriptors(transport)
+        limit = self.limits.max_connections
+        handler.over_limit = bool(limit) and len(self._connections) > limit
+        # aiohttp before 3.14 starts its keep-alive timer only after a
+        # response, leaving the first request untimed: time it here.
+        handler.first_head = self._loop.call_later(self.limits.head_timeout, _first_head_late, handler)
+
+    def refuse(self, request: web.BaseRequest, status: int, reason: str) -> None:
+        """One log line (rate-limited) for a refused request."""
+        port = _local_port(request)
+        self.refusals.warning((port, status), "port %s: refused %s from %s: %s (%d)",
+                              port, request.method, request.remote, reason, status)
+
+    async def _guard(self, request: web.BaseRequest) -> web.StreamResponse:
+        request.protocol.first_head.cancel()
+        if request.protocol.over_limit:
+            self.refuse(request, 503, f"maxConnections {self.limits.max_connections} reached")
+            return _closing_response(503, "too many connections")
+        timeout = self.limits.body_timeout
+        if not timeout or not request.body_exists:
+            return await self.app_handler(request)
+        late = asyncio.get_running_loop().call_later(timeout, self._body_late, request)
+        try:
+            return await self.app_handler(request)
+        except Exception:
+            if request.protocol.body_timed_out:
+                # The body was cut off: what the handler says goes nowhere.
+                return _closing_response(408, "request body not received")
+            raise
+        finally:
+            late.cancel()
+
+    def _body_late(self, request: web.BaseRequest) -> None:
+        if request.content.is_eof():
+            return
+        self.refuse(request, 408, f"request body not received within {self.limits.body_timeout:g}s")
+        protocol = request.protocol
+        protocol.body_timed_out = True
+        if protocol.transport is not None and not request.writer.output_size:
+            protocol.transport.write(_BODY_TIMEOUT_REPLY)
+        protocol.force_close()
+
+
+class _LimitedHandler(RequestHandler):
+    """One connection: a malformed or oversized request head is answered
+    with one log line instead of aiohttp's traceback."""
+
+    over_limit = False  # set by the server when it accepts the connection
+    body_timed_out = False
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, BadHttpMessage) or request.writer.output_size:
+            return super().handle_error(request, status, exc, message)
+        too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
+        status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        self._manager.refuse(request, status, reason)
+        return _closing_response(status, status.phrase.lower())
+
+
+def _first_head_late(handler: RequestHandler) -> None:
+    if handler.transport is not None:
+        handler.force_close()
+
+
+def _closing_response(status: int, text: str) -> web.Response:
+    response = web.Response(status=status, text=text + "\n")
+    response.force_close()
+    return response
+
+
+def _local_port(request: web.BaseRequest) -> int | str:
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return sockname[1] if isinstance(sockname, tuple) else "?"
