@@ -178,29 +178,40 @@ mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO
 -- its budget. Hooks do not fire inside JIT traces, so the VM runs with the
 -- JIT off (the Python side calls jit.off()). Once over budget the hook fires
 -- on every instruction, so a script's own pcall cannot swallow the error.
+-- Everything the hook calls is a local captured here: a script that replaced
+-- a global (error, math.floor ...) would otherwise run inside the hook, where
+-- no hook fires.
 
-local clock, sethook, collect, running = os.clock, debug.sethook, collectgarbage, coroutine.running
+local clock, sethook, collect, running, error = os.clock, debug.sethook, collectgarbage, coroutine.running, error
 local HOOK_EVERY = 10000
 local cpu_budget, memory_budget_kb = 1.0, 0
-local active, deadline, tripped = nil, nil, false
+local wall_clock = clock  -- set_budgets passes a monotonic clock
+-- The slice running (its coroutine), the thread that resumed it, and its
+-- CPU and wall-clock deadlines (false until its first hook check).
+local active, resumer, deadline, wall_deadline, tripped = nil, nil, false, false, false
 
 local function check_budget()
-    if active == nil or running() ~= active then
+    -- While a slice is active, all Lua but run_slice's own (in the resuming
+    -- thread) belongs to its callback, coroutines the script started too.
+    if active == nil or running() == resumer then
         return
     end
     if not deadline then
-        -- The slice's first check starts its clock: a short callback, which
-        -- never gets here, never pays for reading the clock (a system call).
-        deadline = clock() + cpu_budget
+        -- The slice's first check starts its clocks: a short callback, which
+        -- never gets here, never pays for reading them (system calls).
+        deadline, wall_deadline = clock() + cpu_budget, wall_clock() + cpu_budget
         return
     end
     local message
     if clock() > deadline then
         message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s"
+    elseif wall_clock() > wall_deadline then
+        -- A busy machine slows the CPU clock down; the stall is bounded anyway.
+        message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s (in wall-clock time)"
     elseif memory_budget_kb > 0 and collect("count") > memory_budget_kb then
         collect()
         if collect("count") > memory_budget_kb then
-            message = "Lua memory exceeded its budget of " .. math.floor(memory_budget_kb / 1024) .. " MB"
+            message = "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024) .. " MB"
         end
     end
     if message then
@@ -210,8 +221,8 @@ local function check_budget()
     end
 end
 
-local function set_budgets(cpu_seconds, memory_mb)
-    cpu_budget, memory_budget_kb = cpu_seconds, memory_mb * 1024
+local function set_budgets(cpu_seconds, memory_mb, monotonic)
+    cpu_budget, memory_budget_kb, wall_clock = cpu_seconds, memory_mb * 1024, monotonic
     sethook(check_budget, "", HOOK_EVERY)
 end
 
@@ -219,15 +230,54 @@ end
 -- budgets. Slices nest (protocol_encode runs inside conn:send inside a
 -- callback): the outer slice's budget state comes back afterwards.
 local function run_slice(co, ...)
-    local outer_active, outer_deadline, outer_protocol = active, deadline, in_protocol
-    active, deadline, in_protocol = co, false, nil
+    local outer_active, outer_resumer, outer_protocol = active, resumer, in_protocol
+    local outer_deadline, outer_wall_deadline = deadline, wall_deadline
+    active, resumer, deadline, in_protocol = co, running(), false, nil
     local ok, a, b = resume(co, ...)
-    active, deadline, in_protocol = outer_active, outer_deadline, outer_protocol
+    active, resumer, in_protocol = outer_active, outer_resumer, outer_protocol
+    deadline, wall_deadline = outer_deadline, outer_wall_deadline
     if tripped then
         tripped = false
         sethook(check_budget, "", HOOK_EVERY)
     end
     return ok, a, b
+end
+
+-- Scripts keep debug and jit (without the sandbox), but not the hook: the
+-- calls that would replace or reveal it refuse, the engine's functions (whose
+-- upvalues hold the budgets' state) cannot be looked into, and the JIT, which
+-- hooks do not see, stays off.
+local getinfo = debug.getinfo
+local ENGINE_SOURCE = getinfo(1, "S").source
+
+local function refusing(name, why)
+    return function()
+        error(name .. " is not available to scripts: " .. why, 2)
+    end
+end
+
+local function guard_upvalue_access(name)
+    local original = debug[name]
+    debug[name] = function(...)
+        for i = 1, select("#", ...) do
+            local f = select(i, ...)
+            if type(f) == "function" and getinfo(f, "S").source == ENGINE_SOURCE then
+                error("debug." .. name .. " cannot look into the engine's functions", 2)
+            end
+        end
+        return original(...)
+    end
+end
+
+local HOOK_IN_USE = "the engine's CPU and memory budgets use the hook"
+debug.sethook = refusing("debug.sethook", HOOK_IN_USE)
+debug.gethook = refusing("debug.gethook", HOOK_IN_USE)
+debug.getregistry = refusing("debug.getregistry", "it holds the engine's hook and functions")
+for _, name in ipairs({ "getupvalue", "setupvalue", "upvalueid", "upvaluejoin" }) do
+    guard_upvalue_access(name)
+end
+if jit then
+    jit.on = refusing("jit.on", "the JIT stays off so that the budgets' hook sees every loop")
 end
 
 -- the dispatcher ---------------------------------------------------------------

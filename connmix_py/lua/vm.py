@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -38,19 +39,10 @@ from .mixlib import urls as urls_lib
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
+# Multi-tenant deployments: no processes, files, C code or loading of code by scripts.
+SANDBOX = os.path.join(os.path.dirname(__file__), "sandbox.lua")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
-
-
-# Multi-tenant deployments: no processes, files or loading of code by scripts.
-SANDBOX = b"""
-os.execute, os.exit, os.remove, os.rename, os.tmpname, os.getenv = nil, nil, nil, nil, nil, nil
-io = nil
-load, loadstring, loadfile, dofile = nil, nil, nil, nil
-package.loadlib = nil
-debug = { traceback = debug.traceback }  -- no sethook: budgets stay on
-jit = nil
-"""
 
 
 class LuaLoadError(Exception):
@@ -71,6 +63,13 @@ def file_times(paths: list[str]) -> dict[str, int]:
         except OSError:
             times[path] = -1
     return times
+
+
+def _run_file(runtime: lupa_rt.LuaRuntime, path: str, *args: Any) -> Any:
+    """Run one of the engine's own Lua files with arguments; its results."""
+    with open(path, "rb") as f:
+        chunk = runtime.execute(b"return load(...)", f.read(), b"@" + path.encode())
+    return chunk(*args)
 
 
 def _text(value: Any) -> str:
@@ -144,16 +143,14 @@ class LuaVM:
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
-        with open(PRELUDE, "rb") as f:
-            prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
         (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
-         dispatch_input, encode) = prelude(py)
+         dispatch_input, encode) = _run_file(runtime, PRELUDE, py)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
-        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget)
+        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget, time.monotonic)
         loadfile = runtime.globals().loadfile
         if self.luavm.sandbox:
-            runtime.execute(SANDBOX)
+            _run_file(runtime, SANDBOX, folder.encode())
         loaded = loadfile(self.settings.entry.encode())
         if type(loaded) is tuple:  # nil, message
             raise LuaLoadError(_text(loaded[1]))
