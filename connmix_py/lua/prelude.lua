@@ -269,6 +269,19 @@ local function guard_upvalue_access(name)
     end
 end
 
+-- Python objects (the bridge, the hook's wall clock) share one metatable:
+-- a script's __call or __gc there would run inside the hook or the collector,
+-- where no hook fires.
+local python_metatable, debug_getmetatable = getmetatable(py.log), debug.getmetatable
+python_metatable.__metatable = "protected"
+function debug.getmetatable(value)
+    local mt = debug_getmetatable(value)
+    if mt == python_metatable then
+        error("debug.getmetatable cannot look into the engine's Python objects", 2)
+    end
+    return mt
+end
+
 local HOOK_IN_USE = "the engine's CPU and memory budgets use the hook"
 debug.sethook = refusing("debug.sethook", HOOK_IN_USE)
 debug.gethook = refusing("debug.gethook", HOOK_IN_USE)

@@ -60,10 +60,6 @@ function collectgarbage(option, ...)
     return collect(option, ...)
 end
 
--- Python objects (the mix bridge) share one metatable: it must stay the
--- engine's (a script's __gc there would run where no hook fires).
-getmetatable(python.none).__metatable = "protected"
-
 os = { time = os.time, clock = os.clock, date = os.date }
 debug = { traceback = debug.traceback }
 string.dump = nil
