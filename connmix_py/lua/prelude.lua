@@ -5,6 +5,9 @@ local py = ...
 
 local create, resume, status, yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
 local traceback, rawget, type, setmetatable = debug.traceback, rawget, type, setmetatable
+-- The dispatcher runs outside any slice, where the budgets do not look: it
+-- reaches the globals only raw, so no metamethod of the script's runs there.
+local G, rawset, tostring = _G, rawset, tostring
 local select, unpack, floor = select, unpack, math.floor
 
 -- A waiting call yields this marker and a Python handle; the driver awaits
@@ -297,20 +300,32 @@ end
 
 local function enter(id)
     current = id
-    conn = id and conn_object(id) or nil
+    local c = id and conn_object(id) or nil
+    rawset(G, "conn", c)
+    return c
 end
 
 -- The callback a socket feed is running, for error messages.
 local stage_of = setmetatable({}, { __mode = "k" })
+
+-- An error value that is no string becomes one in a slice of its own: its
+-- __tostring is the script's code, so it runs under the budgets.
+local function error_text(e)
+    if type(e) == "string" then
+        return e
+    end
+    local _, text = run_slice(create(function(value) return tostring(value) end), e)
+    return type(text) == "string" and text or "(an error value that cannot be shown)"
+end
 
 -- Turns one slice into what the driver needs: ("done", value),
 -- ("error", message[, callback name]) or ("wait", coroutine, handle).
 local function step(co, ok, a, b)
     if status(co) == "dead" then
         enter(nil)
-        if not ok then return "error", a, stage_of[co] end
+        if not ok then return "error", error_text(a), stage_of[co] end
         if a then return "done", b end
-        return "error", b, stage_of[co]
+        return "error", error_text(b), stage_of[co]
     end
     if a ~= AWAIT then
         enter(nil)
@@ -333,23 +348,23 @@ local function with_conn(c, ...)
 end
 
 local function dispatch(id, name, ...)
-    local fn = rawget(_G, name)
+    local fn = rawget(G, name)
     if type(fn) ~= "function" then
         return "missing"
     end
-    enter(id)
+    local c = enter(id)
     local co = create(run)
-    return step(co, run_slice(co, fn, with_conn(conn, ...)))
+    return step(co, run_slice(co, fn, with_conn(c, ...)))
 end
 
 local function dispatch_message(id, kind, data)
-    local fn = rawget(_G, "on_message")
+    local fn = rawget(G, "on_message")
     if type(fn) ~= "function" then
         return "missing"
     end
-    enter(id)
+    local c = enter(id)
     local co = create(run)
-    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, conn))
+    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c))
 end
 
 local function continue(co, id, ...)
@@ -400,7 +415,7 @@ end
 
 local function feed(id, state)
     local c, data, co = conn_object(id), state.data, running()
-    local input, decode = rawget(_G, "protocol_input"), rawget(_G, "protocol_decode")
+    local input, decode = rawget(G, "protocol_input"), rawget(G, "protocol_decode")
     while state.base < #data do
         local base = state.base
         local n = #data - base
@@ -423,7 +438,7 @@ local function feed(id, state)
             stage_of[co], deadline = "protocol_decode", false
             msg = protocol_call("protocol_decode", decode, msg, c)
         end
-        local handle = rawget(_G, "on_message")
+        local handle = rawget(G, "on_message")
         if msg ~= nil and type(handle) == "function" then
             stage_of[co], deadline = "on_message", false
             handle(msg, c)
@@ -445,7 +460,7 @@ end
 -- ("done", bytes), ("error", message) or "missing". Never waits: it runs
 -- inside a publish, possibly inside another callback.
 local function encode(id, data)
-    local fn = rawget(_G, "protocol_encode")
+    local fn = rawget(G, "protocol_encode")
     if type(fn) ~= "function" then
         return "missing"
     end
@@ -455,7 +470,7 @@ local function encode(id, data)
         return "error", "protocol_encode cannot yield"
     end
     if not ok then
-        return "error", wire
+        return "error", error_text(wire)
     end
     if type(wire) ~= "string" then
         return "error", "protocol_encode must return a string, got " .. type(wire)

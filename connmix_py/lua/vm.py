@@ -111,7 +111,7 @@ class LuaVM:
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
         (self._dispatch, self._dispatch_message, self._continue, self._forget,
-         self._dispatch_input, self._encode) = functions
+         self._dispatch_input, self._encode, self._loaded, self._rawget) = functions
         sources.update(file_times(self._required_files()))
         self._sources = sources
 
@@ -119,7 +119,7 @@ class LuaVM:
         """The files behind the modules the script required from its folder."""
         folder = os.path.dirname(self.settings.entry)
         files = []
-        for name in self.runtime.globals().package.loaded.keys():
+        for name in self._loaded.keys():
             if type(name) is not bytes:
                 continue
             relative = name.decode("utf-8", "replace").replace(".", "/")
@@ -148,7 +148,9 @@ class LuaVM:
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
         set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget, time.monotonic)
-        loadfile = runtime.globals().loadfile
+        # Taken before the script runs: Python reads the script's tables raw,
+        # so no metamethod of the script's runs outside a callback's budgets.
+        loadfile, modules, rawget = runtime.globals().loadfile, package.loaded, runtime.globals().rawget
         if self.luavm.sandbox:
             _run_file(runtime, SANDBOX, folder.encode())
         loaded = loadfile(self.settings.entry.encode())
@@ -160,7 +162,7 @@ class LuaVM:
                                "cannot run while the script loads; call them in callbacks")
         if outcome[0] == b"error":
             raise LuaLoadError(_text(outcome[1]))
-        return dispatch, dispatch_message, cont, forget, dispatch_input, encode
+        return dispatch, dispatch_message, cont, forget, dispatch_input, encode, modules, rawget
 
     def reload_if_changed(self) -> bool:
         """Hot update: load the scripts again if a .lua file beside the entry
@@ -278,7 +280,7 @@ class LuaVM:
         raise EncodeError(first if first.startswith("protocol_encode") else f"protocol_encode: {first}")
 
     def has(self, name: str) -> bool:
-        return self.runtime.globals()[name.encode()] is not None
+        return self._rawget(self.runtime.globals(), name.encode()) is not None
 
     # -- connection lifetime -----------------------------------------------------
 

@@ -184,6 +184,43 @@ async def test_budgets_survive_replaced_globals(start_engine, caplog, replaced, 
     await assert_stopped(ws, replaced, caplog, reason, timeout=20)
 
 
+# The engine's own Lua between callbacks runs outside any budget: it must run
+# no code of the script's (metamethods of _G, an error value's __tostring).
+TRAPS = """
+function on_message(msg)
+    local c = mix.websocket()
+    local spin = function() while true do end end
+    if msg.data == "trap-globals" then
+        setmetatable(_G, {__index = spin, __newindex = spin})
+        _G._G = nil  -- the next lookup of _G misses, and so would the next write of conn
+        c:send("trapped")
+    elseif msg.data == "error-value" then
+        error(setmetatable({}, {__tostring = spin}))
+    else
+        c:send("ok")
+    end
+end
+"""
+
+
+async def test_metamethods_of_the_globals_do_not_run_between_callbacks(start_engine):
+    running = await start_engine(TRAPS, luavm={"cpuBudget": 0.2})
+    ws = await running.connect()
+    await ws.send_str("trap-globals")
+    assert (await ws.receive(timeout=10)).data == "trapped"
+    await ws.send_str("hello")
+    assert (await ws.receive(timeout=10)).data == "ok"
+
+
+async def test_an_error_value_with_a_looping_tostring_is_stopped(start_engine, caplog):
+    running = await start_engine(TRAPS, luavm={"cpuBudget": 0.2})
+    other = await running.connect()
+    ws = await running.connect()
+    await assert_stopped(ws, "error-value", caplog, "CPU budget of 0.2s")
+    await other.send_str("hello")
+    assert (await other.receive(timeout=10)).data == "ok"
+
+
 # Wall-clock bound: time passes while the process gets no CPU (a busy
 # machine). Here a child process sleeps: the script's CPU clock hardly moves.
 WALL_CLOCK = """
