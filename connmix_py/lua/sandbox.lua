@@ -5,8 +5,9 @@
 -- script's folder (those modules run in this same sandbox, the same _G).
 local folder = ...
 
+-- Captured: the loader must not call string functions a script replaced.
 local open_file, load_source, type, error, tostring = io.open, load, type, error, tostring
-local collect, gmatch = collectgarbage, string.gmatch
+local collect, gmatch, gsub, find, ipairs = collectgarbage, string.gmatch, string.gsub, string.find, ipairs
 local loaded = package.loaded
 
 -- Module names are dotted or slashed paths of plain names: no "..", no
@@ -15,9 +16,9 @@ local function module_path(name)
     if type(name) ~= "string" then
         return nil
     end
-    local path, parts = name:gsub("%.", "/"), 0
+    local path, parts = gsub(name, "%.", "/"), 0
     for part in gmatch(path .. "/", "([^/]*)/") do
-        if not part:find("^[%w_%-]+$") then
+        if not find(part, "^[%w_%-]+$") then
             return nil
         end
         parts = parts + 1

@@ -26,6 +26,8 @@ PROBES = {
     "require-parent": ('require("../outside")', "not allowed in the sandbox"),
     "require-dotted-parent": ('require("..outside")', "not allowed in the sandbox"),
     "require-absolute": ("require(OUTSIDE)", "not allowed in the sandbox"),
+    "require-with-string-replaced": ('string.find = function() return 1 end; require("../outside")',
+                                     "not allowed in the sandbox"),
     "require-bytecode": ('require("bytecode")', "wrong mode"),
     "loadlib": ('package.loadlib("libc.so.6", "system")', "attempt to call field 'loadlib'"),
     "c-module": ('require("cmodule")', "module 'cmodule' not found"),
