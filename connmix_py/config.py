@@ -86,9 +86,9 @@ class RedisSettings:
 
 @dataclass
 class LuaVmSettings:
-    # ours: Lua CPU seconds a callback may run before it is stopped (per run
-    # between waits), and Lua memory per VM in MB; sandbox removes os.execute,
-    # io.*, load*/dofile from scripts.
+    # ours: seconds a callback may run before it is stopped (per run between
+    # waits, in CPU and in wall-clock time), and Lua memory per VM in MB;
+    # sandbox leaves untrusted scripts pure Lua and mix (lua/sandbox.lua).
     cpu_budget: float = 1.0
     memory_budget: int = 256
     sandbox: bool = False

@@ -5,6 +5,9 @@ local py = ...
 
 local create, resume, status, yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
 local traceback, rawget, type, setmetatable = debug.traceback, rawget, type, setmetatable
+-- The dispatcher runs outside any slice, where the budgets do not look: it
+-- reaches the globals only raw, so no metamethod of the script's runs there.
+local G, rawset, tostring = _G, rawset, tostring
 local select, unpack, floor = select, unpack, math.floor
 
 -- A waiting call yields this marker and a Python handle; the driver awaits
@@ -204,29 +207,40 @@ mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO
 -- its budget. Hooks do not fire inside JIT traces, so the VM runs with the
 -- JIT off (the Python side calls jit.off()). Once over budget the hook fires
 -- on every instruction, so a script's own pcall cannot swallow the error.
+-- Everything the hook calls is a local captured here: a script that replaced
+-- a global (error, math.floor ...) would otherwise run inside the hook, where
+-- no hook fires.
 
-local clock, sethook, collect, running = os.clock, debug.sethook, collectgarbage, coroutine.running
+local clock, sethook, collect, running, error = os.clock, debug.sethook, collectgarbage, coroutine.running, error
 local HOOK_EVERY = 10000
 local cpu_budget, memory_budget_kb = 1.0, 0
-local active, deadline, tripped = nil, nil, false
+local wall_clock = clock  -- set_budgets passes a monotonic clock
+-- The slice running (its coroutine), the thread that resumed it, and its
+-- CPU and wall-clock deadlines (false until its first hook check).
+local active, resumer, deadline, wall_deadline, tripped = nil, nil, false, false, false
 
 local function check_budget()
-    if active == nil or running() ~= active then
+    -- While a slice is active, all Lua but run_slice's own (in the resuming
+    -- thread) belongs to its callback, coroutines the script started too.
+    if active == nil or running() == resumer then
         return
     end
     if not deadline then
-        -- The slice's first check starts its clock: a short callback, which
-        -- never gets here, never pays for reading the clock (a system call).
-        deadline = clock() + cpu_budget
+        -- The slice's first check starts its clocks: a short callback, which
+        -- never gets here, never pays for reading them (system calls).
+        deadline, wall_deadline = clock() + cpu_budget, wall_clock() + cpu_budget
         return
     end
     local message
     if clock() > deadline then
         message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s"
+    elseif wall_clock() > wall_deadline then
+        -- A busy machine slows the CPU clock down; the stall is bounded anyway.
+        message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s (in wall-clock time)"
     elseif memory_budget_kb > 0 and collect("count") > memory_budget_kb then
         collect()
         if collect("count") > memory_budget_kb then
-            message = "Lua memory exceeded its budget of " .. math.floor(memory_budget_kb / 1024) .. " MB"
+            message = "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024) .. " MB"
         end
     end
     if message then
@@ -236,8 +250,8 @@ local function check_budget()
     end
 end
 
-local function set_budgets(cpu_seconds, memory_mb)
-    cpu_budget, memory_budget_kb = cpu_seconds, memory_mb * 1024
+local function set_budgets(cpu_seconds, memory_mb, monotonic)
+    cpu_budget, memory_budget_kb, wall_clock = cpu_seconds, memory_mb * 1024, monotonic
     sethook(check_budget, "", HOOK_EVERY)
 end
 
@@ -245,10 +259,12 @@ end
 -- budgets. Slices nest (protocol_encode runs inside conn:send inside a
 -- callback): the outer slice's budget state comes back afterwards.
 local function run_slice(co, ...)
-    local outer_active, outer_deadline, outer_protocol = active, deadline, in_protocol
-    active, deadline, in_protocol = co, false, nil
+    local outer_active, outer_resumer, outer_protocol = active, resumer, in_protocol
+    local outer_deadline, outer_wall_deadline = deadline, wall_deadline
+    active, resumer, deadline, in_protocol = co, running(), false, nil
     local ok, a, b = resume(co, ...)
-    active, deadline, in_protocol = outer_active, outer_deadline, outer_protocol
+    active, resumer, in_protocol = outer_active, outer_resumer, outer_protocol
+    deadline, wall_deadline = outer_deadline, outer_wall_deadline
     if tripped then
         tripped = false
         sethook(check_budget, "", HOOK_EVERY)
@@ -256,24 +272,86 @@ local function run_slice(co, ...)
     return ok, a, b
 end
 
+-- Scripts keep debug and jit (without the sandbox), but not the hook: the
+-- calls that would replace or reveal it refuse, the engine's functions (whose
+-- upvalues hold the budgets' state) cannot be looked into, and the JIT, which
+-- hooks do not see, stays off.
+local getinfo = debug.getinfo
+local ENGINE_SOURCE = getinfo(1, "S").source
+
+local function refusing(name, why)
+    return function()
+        error(name .. " is not available to scripts: " .. why, 2)
+    end
+end
+
+local function guard_upvalue_access(name)
+    local original = debug[name]
+    debug[name] = function(...)
+        for i = 1, select("#", ...) do
+            local f = select(i, ...)
+            if type(f) == "function" and getinfo(f, "S").source == ENGINE_SOURCE then
+                error("debug." .. name .. " cannot look into the engine's functions", 2)
+            end
+        end
+        return original(...)
+    end
+end
+
+-- Python objects (the bridge, the hook's wall clock) share one metatable:
+-- a script's __call or __gc there would run inside the hook or the collector,
+-- where no hook fires.
+local python_metatable, debug_getmetatable = getmetatable(py.log), debug.getmetatable
+python_metatable.__metatable = "protected"
+function debug.getmetatable(value)
+    local mt = debug_getmetatable(value)
+    if mt == python_metatable then
+        error("debug.getmetatable cannot look into the engine's Python objects", 2)
+    end
+    return mt
+end
+
+local HOOK_IN_USE = "the engine's CPU and memory budgets use the hook"
+debug.sethook = refusing("debug.sethook", HOOK_IN_USE)
+debug.gethook = refusing("debug.gethook", HOOK_IN_USE)
+debug.getregistry = refusing("debug.getregistry", "it holds the engine's hook and functions")
+for _, name in ipairs({ "getupvalue", "setupvalue", "upvalueid", "upvaluejoin" }) do
+    guard_upvalue_access(name)
+end
+if jit then
+    jit.on = refusing("jit.on", "the JIT stays off so that the budgets' hook sees every loop")
+end
+
 -- the dispatcher ---------------------------------------------------------------
 
 local function enter(id)
     current = id
-    conn = id and conn_object(id) or nil
+    local c = id and conn_object(id) or nil
+    rawset(G, "conn", c)
+    return c
 end
 
 -- The callback a socket feed is running, for error messages.
 local stage_of = setmetatable({}, { __mode = "k" })
+
+-- An error value that is no string becomes one in a slice of its own: its
+-- __tostring is the script's code, so it runs under the budgets.
+local function error_text(e)
+    if type(e) == "string" then
+        return e
+    end
+    local _, text = run_slice(create(function(value) return tostring(value) end), e)
+    return type(text) == "string" and text or "(an error value that cannot be shown)"
+end
 
 -- Turns one slice into what the driver needs: ("done", value),
 -- ("error", message[, callback name]) or ("wait", coroutine, handle).
 local function step(co, ok, a, b)
     if status(co) == "dead" then
         enter(nil)
-        if not ok then return "error", a, stage_of[co] end
+        if not ok then return "error", error_text(a), stage_of[co] end
         if a then return "done", b end
-        return "error", b, stage_of[co]
+        return "error", error_text(b), stage_of[co]
     end
     if a ~= AWAIT then
         enter(nil)
@@ -296,23 +374,23 @@ local function with_conn(c, ...)
 end
 
 local function dispatch(id, name, ...)
-    local fn = rawget(_G, name)
+    local fn = rawget(G, name)
     if type(fn) ~= "function" then
         return "missing"
     end
-    enter(id)
+    local c = enter(id)
     local co = create(run)
-    return step(co, run_slice(co, fn, with_conn(conn, ...)))
+    return step(co, run_slice(co, fn, with_conn(c, ...)))
 end
 
 local function dispatch_message(id, kind, data)
-    local fn = rawget(_G, "on_message")
+    local fn = rawget(G, "on_message")
     if type(fn) ~= "function" then
         return "missing"
     end
-    enter(id)
+    local c = enter(id)
     local co = create(run)
-    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, conn))
+    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c))
 end
 
 local function continue(co, id, ...)
@@ -369,7 +447,7 @@ end
 
 local function feed(id, state)
     local c, co = conn_object(id), running()
-    local input, decode = rawget(_G, "protocol_input"), rawget(_G, "protocol_decode")
+    local input, decode = rawget(G, "protocol_input"), rawget(G, "protocol_decode")
     while unframed(state) > 0 do
         local base = state.base
         local n = unframed(state)
@@ -396,7 +474,7 @@ local function feed(id, state)
             stage_of[co], deadline = "protocol_decode", false
             msg = protocol_call("protocol_decode", decode, msg, c)
         end
-        local handle = rawget(_G, "on_message")
+        local handle = rawget(G, "on_message")
         if msg ~= nil and type(handle) == "function" then
             stage_of[co], deadline = "on_message", false
             handle(msg, c)
@@ -433,7 +511,7 @@ end
 -- ("done", bytes), ("error", message) or "missing". Never waits: it runs
 -- inside a publish, possibly inside another callback.
 local function encode(id, data)
-    local fn = rawget(_G, "protocol_encode")
+    local fn = rawget(G, "protocol_encode")
     if type(fn) ~= "function" then
         return "missing"
     end
@@ -443,7 +521,7 @@ local function encode(id, data)
         return "error", "protocol_encode cannot yield"
     end
     if not ok then
-        return "error", wire
+        return "error", error_text(wire)
     end
     if type(wire) ~= "string" then
         return "error", "protocol_encode must return a string, got " .. type(wire)

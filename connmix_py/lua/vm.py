@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -38,19 +39,10 @@ from .mixlib import urls as urls_lib
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
+# Multi-tenant deployments: no processes, files, C code or loading of code by scripts.
+SANDBOX = os.path.join(os.path.dirname(__file__), "sandbox.lua")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
-
-
-# Multi-tenant deployments: no processes, files or loading of code by scripts.
-SANDBOX = b"""
-os.execute, os.exit, os.remove, os.rename, os.tmpname, os.getenv = nil, nil, nil, nil, nil, nil
-io = nil
-load, loadstring, loadfile, dofile = nil, nil, nil, nil
-package.loadlib = nil
-debug = { traceback = debug.traceback }  -- no sethook: budgets stay on
-jit = nil
-"""
 
 
 class LuaLoadError(Exception):
@@ -71,6 +63,13 @@ def file_times(paths: list[str]) -> dict[str, int]:
         except OSError:
             times[path] = -1
     return times
+
+
+def _run_file(runtime: lupa_rt.LuaRuntime, path: str, *args: Any) -> Any:
+    """Run one of the engine's own Lua files with arguments; its results."""
+    with open(path, "rb") as f:
+        chunk = runtime.execute(b"return load(...)", f.read(), b"@" + path.encode())
+    return chunk(*args)
 
 
 def _text(value: Any) -> str:
@@ -116,7 +115,7 @@ class LuaVM:
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
         (self._dispatch, self._dispatch_message, self._continue, self._forget,
-         self._dispatch_input, self._encode) = functions
+         self._dispatch_input, self._encode, self._loaded, self._rawget) = functions
         sources.update(file_times(self._required_files()))
         self._sources = sources
 
@@ -124,8 +123,7 @@ class LuaVM:
         """The files behind the modules the script required from its folder."""
         folder = os.path.dirname(self.settings.entry)
         files = []
-        assert self.runtime is not None  # called after a load
-        for name in self.runtime.globals().package.loaded.keys():
+        for name in self._loaded.keys():
             if type(name) is not bytes:
                 continue
             relative = name.decode("utf-8", "replace").replace(".", "/")
@@ -149,16 +147,16 @@ class LuaVM:
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
-        with open(PRELUDE, "rb") as f:
-            prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
         (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
-         dispatch_input, encode) = prelude(py)
+         dispatch_input, encode) = _run_file(runtime, PRELUDE, py)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
-        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget)
-        loadfile = runtime.globals().loadfile
+        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget, time.monotonic)
+        # Taken before the script runs: Python reads the script's tables raw,
+        # so no metamethod of the script's runs outside a callback's budgets.
+        loadfile, modules, rawget = runtime.globals().loadfile, package.loaded, runtime.globals().rawget
         if self.luavm.sandbox:
-            runtime.execute(SANDBOX)
+            _run_file(runtime, SANDBOX, folder.encode())
         loaded = loadfile(self.settings.entry.encode())
         if type(loaded) is tuple:  # nil, message
             raise LuaLoadError(_text(loaded[1]))
@@ -168,7 +166,7 @@ class LuaVM:
                                "cannot run while the script loads; call them in callbacks")
         if outcome[0] == b"error":
             raise LuaLoadError(_text(outcome[1]))
-        return dispatch, dispatch_message, cont, forget, dispatch_input, encode
+        return dispatch, dispatch_message, cont, forget, dispatch_input, encode, modules, rawget
 
     def reload_if_changed(self) -> bool:
         """Hot update: load the scripts again if a .lua file beside the entry
@@ -294,7 +292,7 @@ class LuaVM:
 
     def has(self, name: str) -> bool:
         assert self.runtime is not None  # called after a load
-        return self.runtime.globals()[name.encode()] is not None
+        return self._rawget(self.runtime.globals(), name.encode()) is not None
 
     # -- connection lifetime -----------------------------------------------------
 
