@@ -180,9 +180,50 @@ mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO
 -- on every instruction, so a script's own pcall cannot swallow the error.
 
 local clock, sethook, collect, running = os.clock, debug.sethook, collectgarbage, coroutine.running
+local max = math.max
 local HOOK_EVERY = 10000
-local cpu_budget, memory_budget_kb = 1.0, 0
+local cpu_budget, memory_budget_kb, memory_cap_kb = 1.0, 0, 0
 local active, deadline, tripped = nil, nil, false
+
+-- The memory budget judges the slice that grows memory: one is stopped when,
+-- after a full collection, more is live than when it started and the total
+-- passes the budget. A slice that only makes garbage, or runs while others'
+-- data fills the budget, goes on. Collections are rationed: one more only
+-- after `memory_margin_kb` more was allocated.
+local memory_margin_kb = 0
+local live_kb = 0                          -- live memory at the last full collection
+local slice_start_kb, judge_at_kb = 0, 0   -- the running slice's
+
+local function start_memory_slice()
+    local used = collect("count")
+    if used > memory_budget_kb and used > live_kb + memory_margin_kb then
+        collect()  -- much garbage: measure what is live, else it hides growth
+        used = collect("count")
+        live_kb = used
+    end
+    slice_start_kb, judge_at_kb = used, max(memory_budget_kb, used)
+end
+
+local function memory_verdict()
+    collect()
+    local now = collect("count")
+    live_kb = now
+    if now > memory_budget_kb and now > slice_start_kb then
+        return "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024) .. " MB"
+    end
+    judge_at_kb = max(judge_at_kb, now + memory_margin_kb)
+end
+
+-- An allocation past the hard cap fails with LuaJIT's "not enough memory";
+-- its garbage goes at once so the next callback has room.
+local function with_memory_reason(message)
+    if message == "not enough memory" then
+        collect()
+        return "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024)
+            .. " MB (an allocation passed the hard limit of " .. floor(memory_cap_kb / 1024) .. " MB)"
+    end
+    return message
+end
 
 local function check_budget()
     if active == nil or running() ~= active then
@@ -197,11 +238,8 @@ local function check_budget()
     local message
     if clock() > deadline then
         message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s"
-    elseif memory_budget_kb > 0 and collect("count") > memory_budget_kb then
-        collect()
-        if collect("count") > memory_budget_kb then
-            message = "Lua memory exceeded its budget of " .. math.floor(memory_budget_kb / 1024) .. " MB"
-        end
+    elseif memory_budget_kb > 0 and collect("count") > judge_at_kb then
+        message = memory_verdict()
     end
     if message then
         tripped = true
@@ -210,8 +248,9 @@ local function check_budget()
     end
 end
 
-local function set_budgets(cpu_seconds, memory_mb)
-    cpu_budget, memory_budget_kb = cpu_seconds, memory_mb * 1024
+local function set_budgets(cpu_seconds, memory_mb, cap_kb)
+    cpu_budget, memory_budget_kb, memory_cap_kb = cpu_seconds, memory_mb * 1024, cap_kb
+    memory_margin_kb = memory_budget_kb / 8
     sethook(check_budget, "", HOOK_EVERY)
 end
 
@@ -220,9 +259,12 @@ end
 -- callback): the outer slice's budget state comes back afterwards.
 local function run_slice(co, ...)
     local outer_active, outer_deadline, outer_protocol = active, deadline, in_protocol
+    local outer_start, outer_judge = slice_start_kb, judge_at_kb
     active, deadline, in_protocol = co, false, nil
+    start_memory_slice()
     local ok, a, b = resume(co, ...)
     active, deadline, in_protocol = outer_active, outer_deadline, outer_protocol
+    slice_start_kb, judge_at_kb = outer_start, outer_judge
     if tripped then
         tripped = false
         sethook(check_budget, "", HOOK_EVERY)
@@ -245,9 +287,9 @@ local stage_of = setmetatable({}, { __mode = "k" })
 local function step(co, ok, a, b)
     if status(co) == "dead" then
         enter(nil)
-        if not ok then return "error", a, stage_of[co] end
+        if not ok then return "error", with_memory_reason(a), stage_of[co] end
         if a then return "done", b end
-        return "error", b, stage_of[co]
+        return "error", with_memory_reason(b), stage_of[co]
     end
     if a ~= AWAIT then
         enter(nil)

@@ -21,6 +21,7 @@ from ..conn import CLOSE_INTERNAL_ERROR, Connection, EncodeError
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
+from .memory import LuaMemory
 from .mixlib import codec as codec_lib
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
@@ -38,6 +39,7 @@ from .mixlib import urls as urls_lib
 log = logging.getLogger("connmix.lua")
 
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
+GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
 
@@ -91,6 +93,7 @@ class LuaVM:
         self.mesh = mesh
         self.http_session = http_session
         self.runtime: lupa_rt.LuaRuntime | None = None
+        self.memory: LuaMemory | None = None
         self.to_lua: Callable[[Any], Any] = lambda v: v
         self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
         self._current: Connection | None = None
@@ -102,12 +105,12 @@ class LuaVM:
         """Create a state and run the entry script in it; on success it
         replaces the current state. Raises LuaLoadError (the old state, if
         any, keeps serving)."""
-        previous = (self.runtime, self.to_lua)
+        previous = (self.runtime, self.to_lua, self.memory)
         sources = file_times([self.settings.entry])
         try:
             functions = self._build_state()
         except LuaLoadError:
-            self.runtime, self.to_lua = previous
+            self.runtime, self.to_lua, self.memory = previous
             raise
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
@@ -132,15 +135,19 @@ class LuaVM:
         return files
 
     def _build_state(self) -> tuple:
+        budget_mb = self.luavm.memory_budget
+        memory = LuaMemory(None, budget_mb)
+        # The hard cap: an allocation past it fails in Lua, even inside a C function.
         runtime = lupa_rt.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                      register_eval=False, register_builtins=False,
-                                     attribute_filter=_deny_attributes)
-        self.runtime = runtime
+                                     attribute_filter=_deny_attributes, max_memory=memory.cap)
+        memory.runtime = runtime
+        self.runtime, self.memory = runtime, memory
         self.to_lua = make_to_lua(runtime.table_from)
         bridge: dict[str, Any] = {}
         for module in BRIDGES:
             bridge.update(module.bridge(self))
-        py = runtime.table_from({k.encode(): v for k, v in bridge.items()})
+        py = runtime.table_from({k.encode(): memory.guard(k, v) for k, v in bridge.items()})
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
@@ -148,9 +155,12 @@ class LuaVM:
             prelude = runtime.execute(b"return load(...)", f.read(), b"@" + PRELUDE.encode())
         (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
          dispatch_input, encode) = prelude(py)
+        with open(GUARDS, "rb") as f:
+            self.guards = runtime.execute(b"return load(...)", f.read(), b"@" + GUARDS.encode())()
+        self.guards.set_memory_budget(budget_mb)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
-        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget)
+        set_budgets(self.luavm.cpu_budget, budget_mb, memory.cap // 1024)
         loadfile = runtime.globals().loadfile
         if self.luavm.sandbox:
             runtime.execute(SANDBOX)
