@@ -11,7 +11,7 @@
 local string, table = string, table
 local byte, sub, char = string.byte, string.sub, string.char
 local type, select, error, pcall, tostring, floor = type, select, error, pcall, tostring, math.floor
-local collect, setmetatable, unpack = collectgarbage, setmetatable, unpack
+local collect, unpack, next = collectgarbage, unpack, next
 local c_find, c_match, c_gmatch, c_gsub = string.find, string.match, string.gmatch, string.gsub
 local c_rep, c_format, c_concat = string.rep, string.format, table.concat
 
@@ -23,19 +23,24 @@ local CHECKED_SIZE = 1024 * 1024
 
 local budget_bytes = math.huge
 
--- Raises the builder's error when `size` more bytes would pass the budget.
-local function ensure_room(size, what)
-    if size < CHECKED_SIZE then
-        return
-    end
-    if collect("count") * 1024 + size <= budget_bytes then
-        return
+-- The error for a result of `size` more bytes that would pass the budget.
+local function refusal(size, what)
+    if size < CHECKED_SIZE or collect("count") * 1024 + size <= budget_bytes then
+        return nil
     end
     collect()  -- garbage does not count against a callback
     local used = collect("count") * 1024
     if used + size > budget_bytes then
-        error(what .. ": a result of " .. size .. " bytes would pass the Lua memory budget of "
-            .. floor(budget_bytes / 1048576) .. " MB (" .. floor(used / 1048576) .. " MB in use)", 3)
+        return what .. ": a result of " .. size .. " bytes would pass the Lua memory budget of "
+            .. floor(budget_bytes / 1048576) .. " MB (" .. floor(used / 1048576) .. " MB in use)"
+    end
+end
+
+-- Raises the builder's error (at the script's line) when `size` does not fit.
+local function ensure_room(size, what)
+    local message = refusal(size, what)
+    if message then
+        error(message, 3)
     end
 end
 
@@ -709,6 +714,34 @@ function table.concat(t, sep, i, j)
         ensure_room(size, "concat")
     end
     return c_concat(t, sep, i, j)
+end
+
+-- mix.json_encode copies every string to Python and writes it out again:
+-- their sizes are checked first, in Lua, where the hook can stop a long walk.
+local py_json_encode = mix.json_encode
+
+local function strings_size(value, seen, size)
+    if type(value) == "string" then
+        return size + #value
+    end
+    if type(value) ~= "table" or seen[value] then
+        return size
+    end
+    seen[value] = true
+    for k, v in next, value do
+        size = strings_size(v, seen, strings_size(k, seen, size))
+    end
+    return size
+end
+
+function mix.json_encode(value, ...)
+    if type(value) == "table" then
+        local message = refusal(strings_size(value, {}, 0), "json_encode")
+        if message then
+            return nil, message
+        end
+    end
+    return py_json_encode(value, ...)
 end
 
 return {
