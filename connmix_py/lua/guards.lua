@@ -511,9 +511,13 @@ end
 
 -- how much work a match could be -------------------------------------------------
 
--- pattern -> { factors, optionals, length }: factors counts the items whose
--- backtracking can multiply the work by the subject's length (*, +, - not
--- at the pattern's end, %b); optionals counts ? items (each doubles it).
+-- the characters that make C treat a find pattern as a pattern (lstrlib's SPECIALS)
+local SPECIALS = "[%^%$%*%+%?%.%(%[%%%-]"
+
+-- pattern -> { factors, optionals, length + 1, has specials, anchored }:
+-- factors counts the items whose backtracking can multiply the work by the
+-- subject's length (*, +, - not at the pattern's end, %b); optionals counts
+-- ? items (each doubles it).
 local shapes, shape_count = {}, 0
 
 local function shape_of(pat)
@@ -560,7 +564,7 @@ local function shape_of(pat)
             end
         end
     end
-    shape = { factors, optionals, plen + 1 }
+    shape = { factors, optionals, plen + 1, c_find(pat, SPECIALS) ~= nil, byte(pat, 1) == CARET }
     if shape_count >= 1000 then  -- bounded: patterns may be built from input
         shapes, shape_count = {}, 0
     end
@@ -568,11 +572,18 @@ local function shape_of(pat)
     return shape
 end
 
--- Could matching `pat` over `n` bytes pass STEP_LIMIT? `anchored`: one start.
-local function costly(n, pat, anchored)
-    local shape = shape_of(pat)
-    local starts = (anchored and byte(pat, 1) == CARET) and 1 or n + 1
-    return starts * (n + 1) ^ shape[1] * 2 ^ shape[2] * shape[3] > STEP_LIMIT
+-- Could matching a pattern of this shape over `n` bytes pass STEP_LIMIT?
+-- `anchors`: a leading ^ means one start (not so for gmatch).
+local function costly(n, shape, anchors)
+    local starts = (anchors and shape[5]) and 1 or n + 1
+    local work = starts * shape[3]
+    if shape[1] > 0 then
+        work = work * (n + 1) ^ shape[1]
+    end
+    if shape[2] > 0 then
+        work = work * 2 ^ shape[2]
+    end
+    return work > STEP_LIMIT
 end
 
 -- A plain find whose naive search could pass STEP_LIMIT: C searches windows
@@ -606,8 +617,6 @@ local function find_start(init, slen)
     return init > slen + 1 and slen + 1 or init
 end
 
--- the characters that make C treat a find pattern as a pattern (lstrlib's SPECIALS)
-local SPECIALS = "[%^%$%*%+%?%.%(%[%%%-]"
 
 -- the wrappers ---------------------------------------------------------------------
 
@@ -616,13 +625,14 @@ function string.find(s, pat, init, plain)
         return c_find(s, pat, init, plain)
     end
     local n = #s
-    if plain or not c_find(pat, SPECIALS) then
+    local shape = not plain and (shapes[pat] or shape_of(pat))
+    if not shape or not shape[4] then  -- a plain search
         if n * #pat > STEP_LIMIT and #pat > 1 then
             return windowed_find(s, pat, find_start(init, n))
         end
         return c_find(s, pat, init, plain)
     end
-    if costly(n, pat, true) then
+    if costly(n, shape, true) then
         return guarded(pack(pcall(lua_find_aux, true, s, pat, init)))
     end
     return c_find(s, pat, init, plain)
@@ -630,14 +640,14 @@ end
 
 function string.match(s, pat, init)
     if type(s) == "string" and type(pat) == "string" and (init == nil or type(init) == "number")
-            and costly(#s, pat, true) then
+            and costly(#s, shapes[pat] or shape_of(pat), true) then
         return guarded(pack(pcall(lua_find_aux, false, s, pat, init)))
     end
     return c_match(s, pat, init)
 end
 
 function string.gmatch(s, pat)
-    if type(s) == "string" and type(pat) == "string" and costly(#s, pat, false) then
+    if type(s) == "string" and type(pat) == "string" and costly(#s, shapes[pat] or shape_of(pat), false) then
         local next_match = lua_gmatch(s, pat)
         return function()
             return guarded(pack(pcall(next_match)))
@@ -659,11 +669,15 @@ function string.gsub(s, pat, repl, max_n)
     end
     local kind = type(repl)
     if kind == "string" or kind == "number" then
-        ensure_room(gsub_bound(#s, tostring(repl)), "gsub")
+        repl = tostring(repl)
+        -- the bound is at most 2 (n + 1) (#repl + 1): only large ones are computed
+        if 2 * (#s + 1) * (#repl + 1) >= CHECKED_SIZE then
+            ensure_room(gsub_bound(#s, repl), "gsub")
+        end
     elseif kind ~= "function" and kind ~= "table" then
         return c_gsub(s, pat, repl, max_n)
     end
-    if costly(#s, pat, true) then
+    if costly(#s, shapes[pat] or shape_of(pat), true) then
         return guarded(pack(pcall(lua_gsub, s, pat, repl, max_n)))
     end
     return c_gsub(s, pat, repl, max_n)
@@ -675,15 +689,21 @@ function string.rep(s, n, sep)
         if sep ~= nil and (type(sep) == "string" or type(sep) == "number") then
             size = size + #tostring(sep) * (n - 1)
         end
-        ensure_room(size, "rep")
+        if size >= CHECKED_SIZE then
+            ensure_room(size, "rep")
+        end
     end
     return c_rep(s, n, sep)
 end
 
 -- %s copies a string, %q at most quadruples it; any other item is short.
 function string.format(fmt, ...)
+    local count = select("#", ...)
+    if count == 0 then
+        return c_format(fmt)
+    end
     local size = 0
-    for i = 1, select("#", ...) do
+    for i = 1, count do
         local value = select(i, ...)
         if type(value) == "string" then
             size = size + #value
@@ -693,7 +713,7 @@ function string.format(fmt, ...)
         if c_find(fmt, "%q", 1, true) then
             size = size * 4
         end
-        ensure_room(size + #fmt + 512 * select("#", ...), "format")
+        ensure_room(size + #fmt + 512 * count, "format")
     end
     return c_format(fmt, ...)
 end
@@ -711,7 +731,9 @@ function table.concat(t, sep, i, j)
         if type(sep) == "string" and j > i then
             size = size + #sep * (j - i)
         end
-        ensure_room(size, "concat")
+        if size >= CHECKED_SIZE then
+            ensure_room(size, "concat")
+        end
     end
     return c_concat(t, sep, i, j)
 end
