@@ -1,19 +1,22 @@
 """A VM's Lua memory: the hard cap lupa enforces, and the room checks that
 keep values made in Python under it.
 
-An allocation that fails while lupa converts a Python value (a bridge
-function's result) does not raise a clean Lua error: lupa hangs or raises
-out of the VM. So bridge functions check the room before they hand a value
-to Lua, and refuse with ``nil, err`` instead.
+An allocation that fails while lupa converts a Python value does not raise a
+clean Lua error: outside a Lua call LuaJIT panics (the process aborts), inside
+one lupa hangs or raises out of the VM. So every value handed to Lua is
+checked first: bridge functions return ``nil, err`` instead, the driver
+refuses the event (the connection is closed with 1011).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 MB = 1024 * 1024
-# Python-made values smaller than this need no check against the budget;
-# the cap keeps at least this much free for them.
+# Values smaller than this need no check against the budget; the cap keeps
+# at least this much free for them.
 HEADROOM = 1 * MB
+# What lupa adds to a value it converts (a string header, a table and its slot).
+VALUE_OVERHEAD = 64
 
 
 def hard_cap_mb(budget_mb: int) -> int:
@@ -22,15 +25,33 @@ def hard_cap_mb(budget_mb: int) -> int:
     return budget_mb + max(budget_mb // 2, 32)
 
 
-def lua_string_size(value: Any) -> int:
-    return len(value) if type(value) is bytes else 0
+def value_size(value: Any) -> int:
+    """About what a Python value takes once converted to Lua (at least)."""
+    kind = type(value)
+    if kind is bytes or kind is str:
+        return len(value) + VALUE_OVERHEAD
+    if kind is dict:
+        return VALUE_OVERHEAD + sum(value_size(k) + value_size(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return VALUE_OVERHEAD + sum(value_size(v) for v in value)
+    return 0  # numbers, booleans, nil, Lua objects: nothing new
+
+
+class LuaMemoryFull(Exception):
+    """No room left under the hard cap for a value from Python."""
 
 
 class LuaMemory:
-    def __init__(self, runtime: Any, budget_mb: int) -> None:
-        self.runtime = runtime
+    def __init__(self, budget_mb: int) -> None:
+        self.runtime: Any = None
+        self._collect: Callable[[], Any] = lambda: None
         self.budget = budget_mb * MB
         self.cap = hard_cap_mb(budget_mb) * MB
+
+    def bind(self, runtime: Any) -> None:
+        self.runtime = runtime
+        # fetched once: running a chunk later would itself allocate
+        self._collect = runtime.globals().collectgarbage
 
     def _used_after(self, size: int, limit: int) -> int | None:
         """Bytes in use if `size` more fit under `limit` (garbage collected
@@ -38,9 +59,18 @@ class LuaMemory:
         used = self.runtime.get_memory_used()
         if used + size <= limit:
             return used
-        self.runtime.execute(b"collectgarbage()")
+        self._collect()
         used = self.runtime.get_memory_used()
         return used if used + size <= limit else None
+
+    def fits(self, size: int) -> bool:
+        """Can `size` bytes from Python go into Lua without touching the cap's headroom?"""
+        return self._used_after(size + HEADROOM, self.cap) is not None
+
+    def make_room(self, value: Any) -> None:
+        """Raises LuaMemoryFull when `value` cannot go into Lua safely."""
+        if not self.fits(value_size(value)):
+            raise LuaMemoryFull("Lua memory budget used up: no room for a value from Python")
 
     def refusal(self, size: int, what: str) -> str | None:
         """The error for a result of `size` bytes that would pass the budget; None if it fits."""
@@ -54,13 +84,16 @@ class LuaMemory:
     def guard(self, name: str, function: Callable) -> Callable:
         """A bridge function that returns (nil, err) rather than a result that does not fit."""
         def guarded(*args):
-            if self._used_after(HEADROOM, self.cap) is None:
+            if not self.fits(0):
                 return None, f"{name}: the Lua memory budget is used up".encode()
-            result = function(*args)
+            try:
+                result = function(*args)
+            except LuaMemoryFull as exc:
+                return None, f"{name}: {exc}".encode()
             if type(result) is tuple:
-                size = sum(lua_string_size(v) for v in result)
+                size = sum(len(v) for v in result if type(v) is bytes)
             else:
-                size = lua_string_size(result)
+                size = len(result) if type(result) is bytes else 0
             if size:
                 error = self.refusal(size, name)
                 if error:

@@ -21,7 +21,7 @@ from ..conn import CLOSE_INTERNAL_ERROR, Connection, EncodeError
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
-from .memory import LuaMemory
+from .memory import LuaMemory, value_size
 from .mixlib import codec as codec_lib
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
@@ -136,14 +136,19 @@ class LuaVM:
 
     def _build_state(self) -> tuple:
         budget_mb = self.luavm.memory_budget
-        memory = LuaMemory(None, budget_mb)
+        memory = LuaMemory(budget_mb)
         # The hard cap: an allocation past it fails in Lua, even inside a C function.
         runtime = lupa_rt.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                      register_eval=False, register_builtins=False,
                                      attribute_filter=_deny_attributes, max_memory=memory.cap)
-        memory.runtime = runtime
+        memory.bind(runtime)
         self.runtime, self.memory = runtime, memory
-        self.to_lua = make_to_lua(runtime.table_from)
+        to_lua = make_to_lua(runtime.table_from)
+
+        def checked_to_lua(value: Any) -> Any:
+            memory.make_room(value)
+            return to_lua(value)
+        self.to_lua = checked_to_lua
         bridge: dict[str, Any] = {}
         for module in BRIDGES:
             bridge.update(module.bridge(self))
@@ -203,20 +208,36 @@ class LuaVM:
             return current
         return self.hub.get(cid.decode("ascii", "replace")) if type(cid) is bytes else None
 
+    def _no_room(self, conn: Connection, name: str, *args: Any) -> bool:
+        """True (the connection closed, logged) when the event's values do
+        not fit in Lua memory: the callback is not run."""
+        if self.memory.fits(sum(value_size(a) for a in args)):
+            return False
+        log.error("%s: %s not run for client %s: Lua memory budget used up", self.name, name, conn.client_id)
+        if name != "on_close":
+            conn.close(CLOSE_INTERNAL_ERROR, "lua error: Lua memory budget used up")
+        return True
+
     def call_message(self, conn: Connection, binary: bool, data: bytes) -> Awaitable | None:
         """Run on_message; None when it finished at once, else an awaitable."""
+        if self._no_room(conn, "on_message", data):
+            return None
         self._current = conn
         outcome = self._dispatch_message(conn.id_bytes, b"binary" if binary else b"text", data)
         return self._settle(conn, "on_message", outcome)
 
     def call(self, conn: Connection, name: str, *args: Any) -> Awaitable | None:
         """Run a callback by name; same contract as call_message."""
+        if self._no_room(conn, name, *args):
+            return None
         self._current = conn
         outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
         return self._settle(conn, name, outcome)
 
     async def call_for_result(self, conn: Connection, name: str, *args: Any) -> Any:
         """Run a callback and return its (first) return value; None on error."""
+        if self._no_room(conn, name, *args):
+            return None
         self._current = conn
         outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
         if type(outcome) is tuple and outcome[0] == b"wait":
@@ -240,6 +261,8 @@ class LuaVM:
             except Exception as exc:  # a bug of ours: give the script an error value
                 log.exception("waiting call failed")
                 result = (None, f"internal error: {exc}".encode())
+            if not self.memory.fits(sum(value_size(v) for v in result)):
+                result = (None, b"Lua memory budget used up: the result does not fit")
             self._current = conn
             outcome = cont(co, conn.id_bytes, *result)
             if type(outcome) is tuple and outcome[0] == b"wait":
@@ -270,6 +293,8 @@ class LuaVM:
         Returns how many bytes were framed (the caller drops them), -1 when
         protocol_input asked to disconnect, None after an error (logged, the
         connection closing); or an awaitable of that when on_message waits."""
+        if self._no_room(conn, "protocol_input", data):
+            return None
         self._current = conn
         outcome = self._dispatch_input(conn.id_bytes, data)
         if type(outcome) is tuple and outcome[0] == b"wait":
@@ -279,6 +304,8 @@ class LuaVM:
     def encode(self, conn: Connection | None, payload: bytes) -> bytes:
         """protocol_encode(payload[, conn]): the wire bytes. ``conn`` is None
         for a publish (encoded once for all). Raises EncodeError (logged)."""
+        if not self.memory.fits(len(payload)):
+            raise EncodeError("protocol_encode: Lua memory budget used up")
         outcome = self._encode(conn.id_bytes if conn is not None else None, payload)
         if outcome == b"missing":
             return payload
@@ -297,7 +324,8 @@ class LuaVM:
 
     def forget(self, conn: Connection) -> None:
         """Drop the Lua-side state of a closed connection and end its waits."""
-        self._forget(conn.id_bytes)
+        if self.memory.fits(0):  # else its id cannot even be passed: its state stays
+            self._forget(conn.id_bytes)
         self.end_waits(conn)
 
     def end_waits(self, conn: Connection) -> None:

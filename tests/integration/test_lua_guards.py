@@ -251,3 +251,43 @@ async def test_backtracking_find_on_a_long_subject_is_stopped_by_the_cpu_budget(
         msg = await ws.receive(timeout=30)
     assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1011
     assert "CPU budget of 0.5s" in caplog.text
+
+
+FILLER = """
+keep = {}
+function on_message(msg)
+    if msg.data == "fill" then  -- keeps 900 KB, under what a finished callback may keep
+        keep[#keep + 1] = string.rep("f", 900 * 1024) .. #keep
+    elseif msg.data == "split" then
+        local parts, err = mix.str_split(string.rep("@", 1024 * 1024 - 10), "@")
+        conn:send(tostring(err))
+        return
+    end
+    conn:send("ok")
+end
+"""
+
+
+async def test_values_from_python_never_pass_the_hard_cap(start_engine, caplog):
+    # A Lua string made by lupa past the cap aborts the process (LuaJIT
+    # panics): with Lua memory full, events are refused instead.
+    running = await start_engine(FILLER, luavm={"memoryBudget": 64}, maxMessageSize=8 * MB)
+    other, filler = await running.connect(max_msg_size=8 * MB), await running.connect()
+    with caplog.at_level(logging.ERROR, logger="connmix.lua"):
+        for _ in range(300):  # until Lua memory reaches the cap
+            await filler.send_str("fill")
+            msg = await filler.receive(timeout=10)
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                break
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1011
+        await other.send_str("x" * 6 * MB)  # more than the few MB left
+        msg = await other.receive(timeout=10)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1011
+    assert "on_message not run" in caplog.text and "Lua memory budget used up" in caplog.text
+
+
+async def test_str_split_into_a_million_pieces_is_refused(start_engine):
+    running = await start_engine(FILLER, luavm={"memoryBudget": 64})
+    ws = await running.connect()
+    await ws.send_str("split")
+    assert "str_split: a result of" in (await ws.receive(timeout=10)).data
