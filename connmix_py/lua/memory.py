@@ -83,19 +83,20 @@ class LuaMemory:
 
     def guard(self, name: str, function: Callable) -> Callable:
         """A bridge function that returns (nil, err) rather than a result that does not fit."""
+        memory_used, call_limit = self.runtime.get_memory_used, self.cap - HEADROOM
+
         def guarded(*args):
-            if not self.fits(0):
+            # A result smaller than HEADROOM / 2 always fits in the headroom
+            # checked first; only larger strings (the first result) are measured.
+            if memory_used() > call_limit and not self.fits(0):
                 return None, f"{name}: the Lua memory budget is used up".encode()
             try:
                 result = function(*args)
             except LuaMemoryFull as exc:
                 return None, f"{name}: {exc}".encode()
-            if type(result) is tuple:
-                size = sum(len(v) for v in result if type(v) is bytes)
-            else:
-                size = len(result) if type(result) is bytes else 0
-            if size:
-                error = self.refusal(size, name)
+            value = result[0] if type(result) is tuple and result else result
+            if type(value) is bytes and len(value) >= HEADROOM // 2:
+                error = self.refusal(len(value), name)
                 if error:
                     return None, error.encode()
             return result
