@@ -212,12 +212,69 @@ mix_log, mix_DEBUG, mix_INFO, mix_WARN, mix_ERROR = mix.log, mix.DEBUG, mix.INFO
 -- no hook fires.
 
 local clock, sethook, collect, running, error = os.clock, debug.sethook, collectgarbage, coroutine.running, error
+local max = math.max
 local HOOK_EVERY = 10000
-local cpu_budget, memory_budget_kb = 1.0, 0
+local cpu_budget, memory_budget_kb, memory_cap_kb = 1.0, 0, 0
 local wall_clock = clock  -- set_budgets passes a monotonic clock
 -- The slice running (its coroutine), the thread that resumed it, and its
 -- CPU and wall-clock deadlines (false until its first hook check).
 local active, resumer, deadline, wall_deadline, tripped = nil, nil, false, false, false
+
+-- The memory budget judges the slice that grows memory: one is stopped when,
+-- after a full collection, the total passes the budget and more is live than
+-- when it started (see memory_verdict). A slice that only makes garbage, or
+-- runs while others' data fills the budget, goes on. Collections are
+-- rationed: one more only after `memory_margin_kb` more was allocated.
+local memory_margin_kb = 0
+local live_kb = 0                          -- live memory at the last full collection
+local slice_start_kb, judge_at_kb = 0, 0   -- the running slice's
+
+-- LuaJIT has no emergency collection: an allocation past the hard cap fails
+-- even when most of the heap is garbage. Its collector lets garbage grow to
+-- the live size again (pause 200%) before it starts; when that could reach
+-- the cap, it starts at once and works faster.
+local function full_collect()
+    collect()
+    live_kb = collect("count")
+    if live_kb * 3 < memory_cap_kb then  -- 2x live, plus what a cycle lets through
+        collect("setpause", 200)
+        collect("setstepmul", 200)
+    else
+        collect("setpause", 100)
+        collect("setstepmul", 1000)
+    end
+    return live_kb
+end
+
+local function start_memory_slice()
+    local used = collect("count")
+    if used > memory_budget_kb and used > live_kb + memory_margin_kb then
+        used = full_collect()  -- much garbage: measure what is live, else it hides growth
+    end
+    slice_start_kb, judge_at_kb = used, max(memory_budget_kb, used)
+end
+
+-- `allowance_kb`: growth tolerated. A running slice may hold working memory
+-- (budget/8); a finished one holds nothing, so what it added is kept data
+-- (budget/64 tolerated: a new connection's objects, caches).
+local function memory_verdict(allowance_kb)
+    local now = full_collect()
+    if now > memory_budget_kb and now > slice_start_kb + allowance_kb then
+        return "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024) .. " MB"
+    end
+    judge_at_kb = max(judge_at_kb, now + memory_margin_kb)
+end
+
+-- An allocation past the hard cap fails with LuaJIT's "not enough memory";
+-- its garbage goes at once so the next callback has room.
+local function with_memory_reason(message)
+    if message == "not enough memory" then
+        full_collect()
+        return "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024)
+            .. " MB (an allocation passed the hard limit of " .. floor(memory_cap_kb / 1024) .. " MB)"
+    end
+    return message
+end
 
 local function check_budget()
     -- While a slice is active, all Lua but run_slice's own (in the resuming
@@ -237,11 +294,8 @@ local function check_budget()
     elseif wall_clock() > wall_deadline then
         -- A busy machine slows the CPU clock down; the stall is bounded anyway.
         message = "callback exceeded its Lua CPU budget of " .. cpu_budget .. "s (in wall-clock time)"
-    elseif memory_budget_kb > 0 and collect("count") > memory_budget_kb then
-        collect()
-        if collect("count") > memory_budget_kb then
-            message = "Lua memory exceeded its budget of " .. floor(memory_budget_kb / 1024) .. " MB"
-        end
+    elseif memory_budget_kb > 0 and collect("count") > judge_at_kb then
+        message = memory_verdict(memory_margin_kb)
     end
     if message then
         tripped = true
@@ -250,8 +304,10 @@ local function check_budget()
     end
 end
 
-local function set_budgets(cpu_seconds, memory_mb, monotonic)
-    cpu_budget, memory_budget_kb, wall_clock = cpu_seconds, memory_mb * 1024, monotonic
+local function set_budgets(cpu_seconds, memory_mb, cap_kb, monotonic)
+    cpu_budget, memory_budget_kb, memory_cap_kb = cpu_seconds, memory_mb * 1024, cap_kb
+    memory_margin_kb = memory_budget_kb / 8
+    wall_clock = monotonic
     sethook(check_budget, "", HOOK_EVERY)
 end
 
@@ -261,10 +317,20 @@ end
 local function run_slice(co, ...)
     local outer_active, outer_resumer, outer_protocol = active, resumer, in_protocol
     local outer_deadline, outer_wall_deadline = deadline, wall_deadline
+    local outer_start, outer_judge = slice_start_kb, judge_at_kb
     active, resumer, deadline, in_protocol = co, running(), false, nil
+    start_memory_slice()
     local ok, a, b = resume(co, ...)
+    if ok and a and status(co) == "dead" and memory_budget_kb > 0 and collect("count") > judge_at_kb then
+        -- It grew memory faster than the hook looked: judged as it ends.
+        local message = memory_verdict(memory_budget_kb / 64)
+        if message then
+            a, b = false, message
+        end
+    end
     active, resumer, in_protocol = outer_active, outer_resumer, outer_protocol
     deadline, wall_deadline = outer_deadline, outer_wall_deadline
+    slice_start_kb, judge_at_kb = outer_start, outer_judge
     if tripped then
         tripped = false
         sethook(check_budget, "", HOOK_EVERY)
@@ -277,7 +343,8 @@ end
 -- upvalues hold the budgets' state) cannot be looked into, and the JIT, which
 -- hooks do not see, stays off.
 local getinfo = debug.getinfo
-local ENGINE_SOURCE = getinfo(1, "S").source
+-- The engine's Lua files (this prelude, guards.lua, sandbox.lua) share a folder.
+local ENGINE_FOLDER = getinfo(1, "S").source:match("^(@.*/)[^/]*$")
 
 local function refusing(name, why)
     return function()
@@ -290,7 +357,7 @@ local function guard_upvalue_access(name)
     debug[name] = function(...)
         for i = 1, select("#", ...) do
             local f = select(i, ...)
-            if type(f) == "function" and getinfo(f, "S").source == ENGINE_SOURCE then
+            if type(f) == "function" and getinfo(f, "S").source:sub(1, #ENGINE_FOLDER) == ENGINE_FOLDER then
                 error("debug." .. name .. " cannot look into the engine's functions", 2)
             end
         end
@@ -349,9 +416,9 @@ end
 local function step(co, ok, a, b)
     if status(co) == "dead" then
         enter(nil)
-        if not ok then return "error", error_text(a), stage_of[co] end
+        if not ok then return "error", with_memory_reason(error_text(a)), stage_of[co] end
         if a then return "done", b end
-        return "error", error_text(b), stage_of[co]
+        return "error", with_memory_reason(error_text(b)), stage_of[co]
     end
     if a ~= AWAIT then
         enter(nil)

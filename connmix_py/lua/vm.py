@@ -22,6 +22,7 @@ from ..conn import CLOSE_INTERNAL_ERROR, Connection, EncodeError
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
+from .memory import LuaMemory, value_size
 from .mixlib import codec as codec_lib
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
@@ -41,6 +42,7 @@ log = logging.getLogger("connmix.lua")
 PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
 # Multi-tenant deployments: no processes, files, C code or loading of code by scripts.
 SANDBOX = os.path.join(os.path.dirname(__file__), "sandbox.lua")
+GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
 
@@ -94,6 +96,7 @@ class LuaVM:
         self.mesh = mesh
         self.http_session = http_session
         self.runtime: lupa_rt.LuaRuntime | None = None
+        self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
         self.to_lua: Callable[[Any], Any] = lambda v: v
         self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
         self._current: Connection | None = None
@@ -105,12 +108,12 @@ class LuaVM:
         """Create a state and run the entry script in it; on success it
         replaces the current state. Raises LuaLoadError (the old state, if
         any, keeps serving)."""
-        previous = (self.runtime, self.to_lua)
+        previous = (self.runtime, self.to_lua, self.memory)
         sources = file_times([self.settings.entry])
         try:
             functions = self._build_state()
         except LuaLoadError:
-            self.runtime, self.to_lua = previous
+            self.runtime, self.to_lua, self.memory = previous
             raise
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
@@ -135,23 +138,34 @@ class LuaVM:
         return files
 
     def _build_state(self) -> tuple:
+        budget_mb = self.luavm.memory_budget
+        memory = LuaMemory(budget_mb)
+        # The hard cap: an allocation past it fails in Lua, even inside a C function.
         runtime = lupa_rt.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                      register_eval=False, register_builtins=False,
-                                     attribute_filter=_deny_attributes)
-        self.runtime = runtime
-        self.to_lua = make_to_lua(runtime.table_from)
+                                     attribute_filter=_deny_attributes, max_memory=memory.cap)
+        memory.bind(runtime)
+        self.runtime, self.memory = runtime, memory
+        to_lua = make_to_lua(runtime.table_from)
+
+        def checked_to_lua(value: Any) -> Any:
+            memory.make_room(value)
+            return to_lua(value)
+        self.to_lua = checked_to_lua
         bridge: dict[str, Any] = {}
         for module in BRIDGES:
             bridge.update(module.bridge(self))
-        py = runtime.table_from({k.encode(): v for k, v in bridge.items()})
+        py = runtime.table_from({k.encode(): memory.guard(k, v) for k, v in bridge.items()})
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
         (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
          dispatch_input, encode) = _run_file(runtime, PRELUDE, py)
+        self.guards = _run_file(runtime, GUARDS)
+        self.guards.set_memory_budget(budget_mb)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
         runtime.execute(b"if jit then jit.off(); jit.flush() end")
-        set_budgets(self.luavm.cpu_budget, self.luavm.memory_budget, time.monotonic)
+        set_budgets(self.luavm.cpu_budget, budget_mb, memory.cap // 1024, time.monotonic)
         # Taken before the script runs: Python reads the script's tables raw,
         # so no metamethod of the script's runs outside a callback's budgets.
         loadfile, modules, rawget = runtime.globals().loadfile, package.loaded, runtime.globals().rawget
@@ -196,20 +210,36 @@ class LuaVM:
             return current
         return self.hub.get(cid.decode("ascii", "replace")) if type(cid) is bytes else None
 
+    def _no_room(self, conn: Connection, name: str, *args: Any) -> bool:
+        """True (the connection closed, logged) when the event's values do
+        not fit in Lua memory: the callback is not run."""
+        if self.memory.fits(sum(value_size(a) for a in args)):
+            return False
+        log.error("%s: %s not run for client %s: Lua memory budget used up", self.name, name, conn.client_id)
+        if name != "on_close":
+            conn.close(CLOSE_INTERNAL_ERROR, "lua error: Lua memory budget used up")
+        return True
+
     def call_message(self, conn: Connection, binary: bool, data: bytes) -> Awaitable | None:
         """Run on_message; None when it finished at once, else an awaitable."""
+        if self._no_room(conn, "on_message", data):
+            return None
         self._current = conn
         outcome = self._dispatch_message(conn.id_bytes, b"binary" if binary else b"text", data)
         return self._settle(conn, "on_message", outcome)
 
     def call(self, conn: Connection, name: str, *args: Any) -> Awaitable | None:
         """Run a callback by name; same contract as call_message."""
+        if self._no_room(conn, name, *args):
+            return None
         self._current = conn
         outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
         return self._settle(conn, name, outcome)
 
     async def call_for_result(self, conn: Connection, name: str, *args: Any) -> Any:
         """Run a callback and return its (first) return value; None on error."""
+        if self._no_room(conn, name, *args):
+            return None
         self._current = conn
         outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
         if type(outcome) is tuple and outcome[0] == b"wait":
@@ -233,6 +263,8 @@ class LuaVM:
             except Exception as exc:  # a bug of ours: give the script an error value
                 log.exception("waiting call failed")
                 result = (None, f"internal error: {exc}".encode())
+            if not self.memory.fits(sum(value_size(v) for v in result)):
+                result = (None, b"Lua memory budget used up: the result does not fit")
             self._current = conn
             outcome = cont(co, conn.id_bytes, *result)
             if type(outcome) is tuple and outcome[0] == b"wait":
@@ -267,6 +299,8 @@ class LuaVM:
         connection closing); or an awaitable of that when on_message waits;
         or RESYNC when the Lua side does not hold ``held`` bytes (a new state
         after a hot update): feed everything again with held 0."""
+        if self._no_room(conn, "protocol_input", data):
+            return None
         self._current = conn
         outcome = self._dispatch_input(conn.id_bytes, data, held)
         if outcome == b"resync":
@@ -279,6 +313,8 @@ class LuaVM:
     def encode(self, conn: Connection | None, payload: bytes) -> bytes:
         """protocol_encode(payload[, conn]): the wire bytes. ``conn`` is None
         for a publish (encoded once for all). Raises EncodeError (logged)."""
+        if not self.memory.fits(len(payload)):
+            raise EncodeError("protocol_encode: Lua memory budget used up")
         outcome = self._encode(conn.id_bytes if conn is not None else None, payload)
         if outcome == b"missing":
             return payload
@@ -298,7 +334,8 @@ class LuaVM:
 
     def forget(self, conn: Connection) -> None:
         """Drop the Lua-side state of a closed connection and end its waits."""
-        self._forget(conn.id_bytes)
+        if self.memory.fits(0):  # else its id cannot even be passed: its state stays
+            self._forget(conn.id_bytes)
         self.end_waits(conn)
 
     def end_waits(self, conn: Connection) -> None:

@@ -32,6 +32,17 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
+# What one decoded value costs at most, in Lua (a table) and in Python first.
+VALUE_COST = 64
+
+
+def decoded_size(data: bytes) -> int:
+    """An upper bound of the memory json_decode(data) takes: every value is
+    at most a table, and there are no more values than separators."""
+    values = data.count(b",") + data.count(b":") + data.count(b"[") + data.count(b"{") + 1
+    return len(data) + values * VALUE_COST
+
+
 def bridge(vm) -> dict:
     to_lua = vm.to_lua
 
@@ -53,6 +64,9 @@ def bridge(vm) -> dict:
         data = lua_string(text)
         if data is None:
             return bad_argument(1, "json_decode", "string", text)
+        refusal = vm.memory.refusal(decoded_size(data), "json_decode")
+        if refusal:
+            return fail(refusal)
         try:
             return to_lua(orjson.loads(data)), None
         except (orjson.JSONDecodeError, ConversionError) as exc:

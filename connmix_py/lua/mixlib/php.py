@@ -26,6 +26,7 @@ LONG_MIN, LONG_MAX = -2**63, 2**63 - 1
 # ours: PHP is bounded only by memory_limit; a script should not allocate more.
 MAX_PACK_SIZE = 64 * 1024 * 1024
 MAX_NAME_LENGTH = 200  # PHP truncates unpack names to 200 bytes
+UNPACKED_VALUE_COST = 48  # bytes of Lua table an unpacked value takes at most (key and value)
 
 # code -> (size in bytes, byte order, signed when unpacked)
 INTEGER_CODES = {
@@ -379,6 +380,10 @@ def bridge(vm) -> dict:
             return bad_argument(1, "php_unpack", "format string", fmt)
         if payload is None:
             return bad_argument(2, "php_unpack", "string", data)
+        # Each value read takes at least one byte of data or one format code.
+        refusal = vm.memory.refusal((len(payload) + len(format_bytes)) * UNPACKED_VALUE_COST, "php_unpack")
+        if refusal:
+            return fail(refusal)
         try:
             return to_lua(unpack(format_bytes, payload)), None
         except PackError as exc:

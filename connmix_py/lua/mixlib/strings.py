@@ -1,7 +1,8 @@
 """mix.str_split with Go's strings.Split semantics."""
 from __future__ import annotations
 
-from .values import bad_argument, lua_string
+from ..memory import value_size
+from .values import bad_argument, fail, lua_string
 
 
 def split(s: bytes, sep: bytes) -> list[bytes]:
@@ -22,6 +23,10 @@ def bridge(vm) -> dict:
             return bad_argument(1, "str_split", "string", s)
         if separator is None:
             return bad_argument(2, "str_split", "string", sep)
-        return table_from(split(data, separator)), None
+        parts = split(data, separator)
+        refusal = vm.memory.refusal(value_size(parts), "str_split")
+        if refusal:
+            return fail(refusal)
+        return table_from(parts), None
 
     return {"str_split": str_split}
