@@ -103,6 +103,8 @@ HOOK_PROBES = {
     "gethook": ("debug.gethook()", "debug.gethook is not available to scripts"),
     "getregistry": ("debug.getregistry()", "debug.getregistry is not available to scripts"),
     "getupvalue": ("debug.getupvalue(mix.websocket, 1)", "cannot look into the engine's functions"),
+    # The guards' wrappers hold the C functions they guard as upvalues.
+    "getupvalue-guards": ("debug.getupvalue(string.find, 1)", "cannot look into the engine's functions"),
     "setupvalue": ("debug.setupvalue(mix.websocket, 1, nil)", "cannot look into the engine's functions"),
     "upvaluejoin": ("local x; debug.upvaluejoin(function() return x end, 1, mix.websocket, 1)",
                     "cannot look into the engine's functions"),
