@@ -43,6 +43,10 @@ PRELUDE = os.path.join(os.path.dirname(__file__), "prelude.lua")
 # Multi-tenant deployments: no processes, files, C code or loading of code by scripts.
 SANDBOX = os.path.join(os.path.dirname(__file__), "sandbox.lua")
 GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
+# Bridge functions whose one result is an error (nil on success): they put
+# nothing big into Lua, and the memory guard's (nil, err) would read as success.
+RETURN_ONLY_AN_ERROR = frozenset({"send", "close", "subscribe", "unsubscribe", "set_context",
+                                  "set_context_value", "clear_buffer", "mesh_send"})
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
 
@@ -155,7 +159,8 @@ class LuaVM:
         bridge: dict[str, Any] = {}
         for module in BRIDGES:
             bridge.update(module.bridge(self))
-        py = runtime.table_from({k.encode(): memory.guard(k, v) for k, v in bridge.items()})
+        py = runtime.table_from({k.encode(): v if k in RETURN_ONLY_AN_ERROR else memory.guard(k, v)
+                                 for k, v in bridge.items()})
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
         package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)

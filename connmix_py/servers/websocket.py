@@ -22,6 +22,7 @@ from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, 
                     CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, Connection, enforce_timeouts)
 from ..frames import is_utf8
 from ..hub import Hub
+from ..lua.memory import LuaMemoryFull
 from ..lua.vm import LuaVM
 from ..textproto import first_values
 from .http_limits import HttpLimits, limited_runner
@@ -125,8 +126,12 @@ class WebSocketServer:
         """Run on_handshake; a response refusing the upgrade, or None to accept."""
         vm = self.vm
         headers, server = handshake_tables(request, conn.remote_addr)
-        accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes,
-                                            vm.to_lua(headers), vm.to_lua(server))
+        try:
+            arguments = vm.to_lua(headers), vm.to_lua(server)
+        except LuaMemoryFull as exc:  # data the script keeps fills its Lua state
+            log.error("%s: on_handshake not run for client %s: %s", vm.name, conn.client_id, exc)
+            return web.Response(status=503, text="server busy\n")
+        accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes, *arguments)
         if conn.close_code == CLOSE_INTERNAL_ERROR:  # the Lua error is logged by the VM
             return web.Response(status=500, text="on_handshake failed\n")
         if accepted is False or conn.closing:

@@ -291,3 +291,29 @@ async def test_str_split_into_a_million_pieces_is_refused(start_engine):
     ws = await running.connect()
     await ws.send_str("split")
     assert "str_split: a result of" in (await ws.receive(timeout=10)).data
+
+
+CREEPER = """
+kept = {}
+function on_message(msg)
+    -- under budget/64 per message: never judged as growth, yet it adds up
+    kept[#kept + 1] = string.rep(string.char(#kept % 256), 200 * 1024)
+    local err = mix.websocket():send("ok")
+    if err then error("full: " .. err) end  -- near the cap even a send's answer has no room
+end
+"""
+
+
+async def test_a_handshake_when_lua_memory_is_full_is_refused_with_503(start_engine, caplog):
+    running = await start_engine(CREEPER, luavm={"memoryBudget": 16})  # hard cap 48 MB
+    creeper = await running.connect()
+    for _ in range(400):  # until the state is full: the creeper's callback fails
+        await creeper.send_str("more")
+        if (await creeper.receive(timeout=10)).type is not aiohttp.WSMsgType.TEXT:
+            break
+    with caplog.at_level(logging.ERROR, logger="connmix.lua"):
+        async with running.session.get(running.ws_url, headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Pad": "x" * 8000}) as resp:
+            assert resp.status == 503
+    assert "on_handshake not run" in caplog.text
