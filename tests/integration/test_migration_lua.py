@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import textwrap
 
 import pytest
 from aiohttp import web

@@ -141,7 +141,8 @@ def parse_request(method: Any, url: Any, opts: Any) -> Request | tuple[None, byt
             return fail("opts.auth.username must be a string without ':'")
         headers, _ = _without(headers, "authorization")  # like Go's SetBasicAuth, auth wins
         headers["Authorization"] = basic_auth(user, password or b"")
-    return Request(verb.decode("ascii", "replace").upper(), target_url, tables["query"], headers, lua_string(body) if body is not None else None, timeout)
+    return Request(verb.decode("ascii", "replace").upper(), target_url, tables["query"],
+                   headers, lua_string(body) if body is not None else None, timeout)
 
 
 class BodyTooLarge(Exception):
