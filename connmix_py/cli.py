@@ -39,6 +39,9 @@ def check(path: str) -> int:
     if problems:
         return 1
     print(f"{path}: ok ({len(settings.servers)} server(s))")
+    for i, server in enumerate(settings.servers):
+        # A relative entry may be found in two places (config.resolve_entry).
+        print(f"engine.servers[{i}].entry: {server.entry}")
     return 0
 
 

@@ -50,6 +50,8 @@ class ServerSettings:
     protocol: str = "websocket"
     options: dict[str, Any] = field(default_factory=dict)
     entry: str = "lua/entry.websocket.lua"  # absolute after loading
+    # The paths tried for a relative entry, in order (see resolve_entry).
+    entry_candidates: tuple[str, ...] = ()
     byte_code_expires: float = 10
     read_buffer_size: int = 1024
     write_buffer_size: int = 1024
@@ -372,12 +374,24 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
     for i, raw in enumerate(servers):
         server = ServerSettings()
         _apply(server, raw, _SERVER_KEYS, f"engine.servers[{i}]", unknown)
-        server.entry = os.path.normpath(os.path.join(settings.base_dir, server.entry))
+        server.entry, server.entry_candidates = resolve_entry(server.entry, settings.base_dir)
         settings.servers.append(server)
     _check_ports(settings)
     for key in sorted(unknown):
         log.warning("%s: unknown key %s is ignored", source, key)
     return settings
+
+
+def resolve_entry(entry: str, yaml_dir: str) -> tuple[str, tuple[str, ...]]:
+    """(the entry's absolute path, the paths tried). A relative entry is
+    looked up in the working directory first, as CONNMIX does (its layout:
+    ``connmix dev -f conf/connmix.yaml`` from the install root, ``lua/``
+    beside ``conf/``), then in the yaml's folder. When neither exists the
+    yaml's folder's path stands, for the error."""
+    candidates = tuple(dict.fromkeys(os.path.normpath(os.path.join(folder, entry))
+                                     for folder in (os.getcwd(), yaml_dir)))
+    found = next((path for path in candidates if os.path.isfile(path)), candidates[-1])
+    return found, candidates
 
 
 def _check_ports(settings: Settings) -> None:
@@ -412,4 +426,5 @@ def check_entries(settings: Settings) -> None:
     """Every entry script must exist; raises ConfigError naming the key."""
     for i, server in enumerate(settings.servers):
         if not os.path.isfile(server.entry):
-            raise ConfigError(f"engine.servers[{i}].entry: file not found: {server.entry}")
+            tried = " or ".join(server.entry_candidates or (server.entry,))
+            raise ConfigError(f"engine.servers[{i}].entry: file not found: {tried}")

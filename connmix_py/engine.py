@@ -15,7 +15,7 @@ from typing import Callable
 import aiohttp
 from aiohttp import web
 
-from .api import access
+from .api import access, discovery
 from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
@@ -103,6 +103,7 @@ class Engine:
         app = web.Application(client_max_size=16 * 1024 * 1024,
                               middlewares=[access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats)
+        discovery.add_routes(app, api.bind, lambda: self.api_port)
         ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
                                                           api.body_timeout))

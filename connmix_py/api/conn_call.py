@@ -10,14 +10,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..lua.convert import MAX_DEPTH
-from .requests import CALL_FAILED, ApiError, invalid, params_object
+from .requests import CALL_FAILED, ApiError, client_id_param, invalid, params_object
 
 
 def conn_call(mesh, params: Any) -> dict[str, bool]:
     params = params_object(params)
-    client_id = params.get("c")
-    if not isinstance(client_id, str) or not client_id:
-        raise invalid("c must be a non-empty string (client id)")
+    client_id = client_id_param(params.get("c"))
     name = params.get("f")
     function = FUNCTIONS.get(name) if isinstance(name, str) else None
     if function is None:

@@ -96,7 +96,8 @@ class ApiConsumer:
 
 
 def queue_pop(consumer: ApiConsumer, params: Any) -> dict[str, bool]:
-    topics = params_object(params).get("t")
+    # CONNMIX's PHP client sends the topics as the params themselves.
+    topics = params if isinstance(params, list) else params_object(params).get("t")
     if not isinstance(topics, list) or not topics:
         raise invalid("t must be a non-empty array of topics")
     for i, topic in enumerate(topics):

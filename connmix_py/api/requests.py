@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, Callable
 
 from ..codes import (  # noqa: F401  (re-exported)
     ALREADY_CONSUMED, CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SEND_FAILED, UNPOP_FAILED)
 from ..conn import PayloadError
+from ..ids import MAX_ID
 
 
 class ApiError(Exception):
@@ -31,13 +32,28 @@ def params_object(params: Any) -> dict:
     return params
 
 
-def delivery(params: Any, target: str) -> tuple[str, bytes, bool]:
+def channel_param(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid("c must be a non-empty string (channel)")
+    return value
+
+
+def client_id_param(value: Any) -> str:
+    """A client id in ``c``: a string, or a JSON integer as CONNMIX's PHP
+    client sends it. orjson reads integers exactly (a float could not hold a
+    19-digit id), so only a true int is taken: 1.5e18 or true is refused."""
+    if type(value) is int and 0 <= value <= MAX_ID:
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise invalid("c must be a client id: a non-empty string or a non-negative JSON integer below 2^63")
+
+
+def delivery(params: Any, target: Callable[[Any], str]) -> tuple[str, bytes, bool]:
     """Validate {c, d, t} of publish/send: (target, payload bytes, binary)."""
     if not isinstance(params, dict):
         raise invalid("params must be a JSON object")
-    name = params.get("c")
-    if not isinstance(name, str) or not name:
-        raise invalid(f"c must be a non-empty string ({target})")
+    name = target(params.get("c"))
     data = params.get("d")
     if not isinstance(data, str):
         raise invalid("d must be a string")
@@ -53,7 +69,7 @@ def delivery(params: Any, target: str) -> tuple[str, bytes, bool]:
 
 
 def publish(mesh, params: Any) -> dict[str, int]:
-    channel, payload, binary = delivery(params, "channel")
+    channel, payload, binary = delivery(params, channel_param)
     try:
         delivered, failed = mesh.publish(channel, payload, binary)
     except PayloadError as exc:  # too big, or text that is not UTF-8: nobody got it
@@ -62,7 +78,7 @@ def publish(mesh, params: Any) -> dict[str, int]:
 
 
 def send(mesh, params: Any) -> dict[str, bool]:
-    client_id, payload, binary = delivery(params, "client id")
+    client_id, payload, binary = delivery(params, client_id_param)
     try:
         sent = mesh.send(client_id, payload, binary)
     except PayloadError as exc:

@@ -440,6 +440,40 @@ local function with_conn(c, ...)
     return unpack(args, 1, n + 1)
 end
 
+-- The old calling style (connmix/examples laravel-chat/entry.lua): the
+-- connection replaces the client id and comes last, and on_handshake gets
+-- no server table: on_connect(conn), on_handshake(headers, conn),
+-- on_close(err, conn). The other callbacks look the same in both styles.
+-- A script is in the old style when one of these three declares exactly the
+-- old style's parameters with the last one named like a connection: the
+-- current style's on_close(client_id, err) has the same count but ends in
+-- the error, so the count alone cannot tell them apart.
+local getlocal = debug.getlocal  -- parameter names (before the sandbox removes debug)
+local OLD_STYLE_CALLBACKS = { on_connect = true, on_handshake = true, on_close = true }
+local CONN_PARAM_NAMES = { conn = true, c = true, connection = true }
+
+local function declares_old_style(fn, count)
+    if type(fn) ~= "function" or getinfo(fn, "u").nparams ~= count then
+        return false
+    end
+    return CONN_PARAM_NAMES[getlocal(fn, count)] == true
+end
+
+-- Decided at each call from the callbacks the script defines then (cheap:
+-- connection lifetime events only).
+local function old_calling_style()
+    return declares_old_style(rawget(G, "on_close"), 2) or declares_old_style(rawget(G, "on_connect"), 1)
+        or declares_old_style(rawget(G, "on_handshake"), 2)
+end
+
+-- The old style's arguments from the current style's (client_id[, second, ...]).
+local function old_style_args(name, c, _, second)
+    if name == "on_connect" then
+        return c
+    end
+    return second, c  -- on_close(err, conn), on_handshake(headers, conn)
+end
+
 local function dispatch(id, name, ...)
     local fn = rawget(G, name)
     if type(fn) ~= "function" then
@@ -447,6 +481,9 @@ local function dispatch(id, name, ...)
     end
     local c = enter(id)
     local co = create(run)
+    if OLD_STYLE_CALLBACKS[name] and old_calling_style() then
+        return step(co, run_slice(co, fn, old_style_args(name, c, ...)))
+    end
     return step(co, run_slice(co, fn, with_conn(c, ...)))
 end
 

@@ -34,7 +34,9 @@ local function find_lua_module(name)
             .. "(plain names separated by . or /, found under the entry script's folder)"
     end
     local tried = ""
-    for _, candidate in ipairs({ folder .. "/" .. path .. ".lua", folder .. "/" .. path .. "/init.lua" }) do
+    -- The same places as outside the sandbox (vm.py MODULE_PATHS).
+    for _, candidate in ipairs({ folder .. "/" .. path .. ".lua", folder .. "/" .. path .. "/init.lua",
+                                 folder .. "/utils/" .. path .. ".lua" }) do
         local file = open_file(candidate, "rb")
         if file then
             local source = file:read("*a")
@@ -72,7 +74,7 @@ package.loaders = { find_lua_module }
 package.preload = {}
 package.loadlib = nil
 package.cpath = ""
-package.path = folder .. "/?.lua;" .. folder .. "/?/init.lua"
+package.path = folder .. "/?.lua;" .. folder .. "/?/init.lua;" .. folder .. "/utils/?.lua"
 for name in pairs(loaded) do
     if name ~= "_G" and name ~= "package" and name ~= "string" and name ~= "table"
         and name ~= "math" and name ~= "coroutine" and name ~= "bit" then

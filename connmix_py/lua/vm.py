@@ -47,6 +47,10 @@ GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
 # nothing big into Lua, and the memory guard's (nil, err) would read as success.
 RETURN_ONLY_AN_ERROR = frozenset({"send", "close", "subscribe", "unsubscribe", "set_context",
                                   "set_context_value", "clear_buffer", "mesh_send"})
+# Where require looks, under the entry script's folder (the sandbox's loader
+# too): CONNMIX's layout keeps helpers in lua/utils/ beside the entry in lua/
+# and requires them by bare name (laravel-chat: require("prettyprint")).
+MODULE_PATHS = ("?.lua", "?/init.lua", "utils/?.lua")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
 
@@ -134,8 +138,8 @@ class LuaVM:
             if type(name) is not bytes:
                 continue
             relative = name.decode("utf-8", "replace").replace(".", "/")
-            for candidate in (f"{relative}.lua", f"{relative}/init.lua"):
-                path = os.path.join(folder, candidate)
+            for pattern in MODULE_PATHS:
+                path = os.path.join(folder, pattern.replace("?", relative))
                 if os.path.isfile(path):
                     files.append(path)
                     break
@@ -163,7 +167,7 @@ class LuaVM:
                                  for k, v in bridge.items()})
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
-        package.path = (f"{folder}/?.lua;{folder}/?/init.lua;".encode() + package.path)
+        package.path = "".join(f"{folder}/{pattern};" for pattern in MODULE_PATHS).encode() + package.path
         (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
          dispatch_input, encode) = _run_file(runtime, PRELUDE, py)
         self.guards = _run_file(runtime, GUARDS)

@@ -227,7 +227,6 @@ BAD_ARGUMENTS = [
     ('"GET", nil', "bad argument #2"),
     ('"GET", {}', "bad argument #2"),
     ('"GET", URL, "opts"', "bad argument #3"),
-    ('"GET", URL, {query = "a=1"}', "opts.query"),
     ('"GET", URL, {query = {a = {}}}', "opts.query"),
     ('"GET", URL, {headers = {["X-A"] = true}}', "opts.headers"),
     ('"GET", URL, {cookies = 5}', "opts.cookies"),

@@ -161,7 +161,9 @@ async def test_conn_call_wakes_a_waiting_wait_context_value(running, function, a
     (None, "params"),
     ("x", "params"),
     ({"f": "subscribe", "a": ["x"]}, "c must be"),
-    ({"c": 5, "f": "subscribe", "a": ["x"]}, "c must be"),
+    ({"c": 5.0, "f": "subscribe", "a": ["x"]}, "c must be"),
+    ({"c": True, "f": "subscribe", "a": ["x"]}, "c must be"),
+    ({"c": -5, "f": "subscribe", "a": ["x"]}, "c must be"),
     ({"c": "CID", "a": ["x"]}, "f must be one of"),
     ({"c": "CID", "f": "close", "a": []}, "f must be one of"),
     ({"c": "CID", "f": ["subscribe"], "a": ["x"]}, "f must be one of"),
@@ -243,7 +245,7 @@ async def test_queue_pop_and_unpop_codes(start_engine):
 
 @pytest.mark.parametrize("params, says", [
     (None, "params"),
-    ([], "params"),
+    ([], "t must be"),
     ({}, "t must be"),
     ({"t": "chat"}, "t must be"),
     ({"t": []}, "t must be"),

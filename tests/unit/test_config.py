@@ -46,7 +46,8 @@ def one_server(**keys) -> dict:
     return {"engine": {"servers": [server]}}
 
 
-def test_connmix_reference_file_loads_without_warnings(caplog):
+def test_connmix_reference_file_loads_without_warnings(caplog, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no lua/ in the working directory: the yaml's folder's path stands
     with caplog.at_level(logging.WARNING, logger="connmix.config"):
         settings = parse(CONNMIX_YAML)
     assert caplog.records == []

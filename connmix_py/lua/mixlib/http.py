@@ -11,8 +11,10 @@ import base64
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from ...textproto import first_values
 from ..convert import lua_type
@@ -67,10 +69,22 @@ def _string_table(value: Any, what: str) -> dict[str, str] | str:
     return out
 
 
+# What stays as it is in a query string given as text: everything printable
+# but space and "#" (which would end the query); "%" keeps escapes escaped.
+_QUERY_KEPT = "!$%&'()*+,-./:;=?@[]^_`{|}~"
+
+
+def with_raw_query(url: str, query: bytes) -> URL:
+    """The url with its query replaced by `query`, sent as given (Go's
+    URL.RawQuery = query, as CONNMIX does): no escape is decoded or redone."""
+    base = URL(url).with_query(None).with_fragment(None)
+    return URL(f"{base}?{quote(query, safe=_QUERY_KEPT)}", encoded=True)
+
+
 @dataclass
 class Request:
     method: str
-    url: str
+    url: str | URL
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes | None
@@ -90,9 +104,17 @@ def parse_request(method: Any, url: Any, opts: Any) -> Request | tuple[None, byt
     def get(key: bytes) -> Any:
         return opts[key] if opts is not None else None
 
+    target_url: str | URL = target.decode("utf-8", "replace")
+    raw_query = get(b"query")
+    if type(raw_query) is bytes:  # the documented type: a URL-encoded string (a table is ours)
+        try:
+            target_url = with_raw_query(target_url, raw_query)
+        except ValueError as exc:
+            return fail(f"opts.query cannot be added to url {target_url!r}: {exc}")
+        raw_query = None
     tables = {}
-    for name in ("query", "cookies", "headers"):
-        tables[name] = _string_table(get(name.encode()), name)
+    for name, value in (("query", raw_query), ("cookies", get(b"cookies")), ("headers", get(b"headers"))):
+        tables[name] = _string_table(value, name)
         if isinstance(tables[name], str):
             return fail(tables[name])
     body = get(b"body")
@@ -119,8 +141,8 @@ def parse_request(method: Any, url: Any, opts: Any) -> Request | tuple[None, byt
             return fail("opts.auth.username must be a string without ':'")
         headers, _ = _without(headers, "authorization")  # like Go's SetBasicAuth, auth wins
         headers["Authorization"] = basic_auth(user, password or b"")
-    return Request(verb.decode("ascii", "replace").upper(), target.decode("utf-8", "replace"),
-                   tables["query"], headers, lua_string(body) if body is not None else None, timeout)
+    return Request(verb.decode("ascii", "replace").upper(), target_url, tables["query"],
+                   headers, lua_string(body) if body is not None else None, timeout)
 
 
 class BodyTooLarge(Exception):

@@ -427,17 +427,19 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
 def url_table(url: URL) -> dict[str, Any]:
     """The fields of Go's url.URL, snake_cased, for Lua.
 
-    ``user`` is Userinfo.String() ("name" or "name:password", escaped), nil
-    when the URL has none; ``query`` is URL.Query(): each key maps to the
-    list of its values, in order ("a=1&a=2" -> {a = {"1", "2"}}).
+    As CONNMIX gives them (its faq prints them): ``user`` is
+    Userinfo.String() ("name" or "name:password", escaped), "" when the URL
+    has none, like every other absent part; ``query`` maps each key of
+    URL.Query() to its first value, a string ("a=1&a=2" -> {a = "1"}), so
+    ``tb["query"]["foo"]`` is ``"bar"``.
     """
     return {
         "scheme": url.scheme, "opaque": url.opaque,
-        "user": url.user.string() if url.user else None,
+        "user": url.user.string() if url.user else b"",
         "host": url.host, "path": url.path, "raw_path": url.raw_path,
         "force_query": url.force_query, "raw_query": url.raw_query,
         "fragment": url.fragment, "raw_fragment": url.raw_fragment,
-        "query": parse_query(url.raw_query),
+        "query": {key: values[0] for key, values in parse_query(url.raw_query).items()},
     }
 
 
