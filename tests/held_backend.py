@@ -8,6 +8,7 @@ the order of events (not by elapsed time) what the engine does meanwhile.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import defaultdict
 
 import pytest
@@ -64,9 +65,15 @@ async def held():
 
 
 async def eventually(check, what: str, guard: float = GUARD) -> None:
-    """Poll ``check()`` until true; fail naming ``what`` after the hang guard."""
+    """Poll ``check()`` (plain or async) until true; fail naming ``what``
+    after the hang guard."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + guard
-    while not check():
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         assert loop.time() < deadline, f"never happened: {what}"
         await asyncio.sleep(0.02)
