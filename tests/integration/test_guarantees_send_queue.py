@@ -46,22 +46,30 @@ async def test_a_backlog_under_max_send_queue_keeps_the_client(start_engine):
 
 
 async def test_a_slow_steady_reader_outlives_write_timeout(start_engine):
-    """The backlog never empties for several writeTimeouts, but it keeps
-    moving: progress resets the write timeout, the client stays."""
-    running = await start_engine(SCRIPT, maxSendQueue=64 * 1024 * 1024, writeTimeout=1)
+    """The backlog never empties for longer than writeTimeout, but it keeps
+    moving: progress resets the write timeout, so the client stays, even
+    through a stall shorter than writeTimeout that comes after it."""
+    running = await start_engine(SCRIPT, maxSendQueue=64 * 1024 * 1024, writeTimeout=3)
     client = await subscriber(running)
     engine, loop = running.engine, asyncio.get_running_loop()
-    lead = 6 * 1024 * 1024 // FRAME_SIZE  # always ~6 MB ahead of the reader
+    lead = 6 * 1024 * 1024 // FRAME_SIZE  # always ~6 MB ahead of the reader: a backlog
     published = read = 0
-    steady_until = loop.time() + 4  # the workload's length: four writeTimeouts
-    while loop.time() < steady_until:
-        while published - read < lead:
-            assert engine.publish("news", numbered(published)) == (1, 0), "the client was closed"
-            published += 1
-        for _ in range(16):  # 1 MB, then a pause: a slow reader, but steady
-            assert await client.read_frame() == (0x1, numbered(read))
-            read += 1
-        await asyncio.sleep(0.05)
+
+    async def read_steadily(seconds: float) -> None:
+        nonlocal published, read
+        until = loop.time() + seconds  # the workload's length, not a timing check
+        while loop.time() < until:
+            while published - read < lead:
+                assert engine.publish("news", numbered(published)) == (1, 0), "the client was closed"
+                published += 1
+            for _ in range(16):  # 1 MB, then a pause: a slow reader, but steady
+                assert await client.read_frame() == (0x1, numbered(read))
+                read += 1
+            await asyncio.sleep(0.05)
+
+    await read_steadily(3.5)  # longer than writeTimeout, the backlog never empty
+    await asyncio.sleep(1.8)  # a stall: no progress for less than writeTimeout
+    await read_steadily(1.5)
     while read < published:
         assert await client.read_frame() == (0x1, numbered(read))
         read += 1

@@ -102,13 +102,10 @@ async def test_reading_pauses_over_max_packet_size_behind_a_wait_and_resumes(sta
     maxPacketSize bytes are buffered: a client sending a lot cannot finish
     sending until the wait ends; then everything is handled, in order."""
     running = await start(start_engine, held, maxPacketSize=32 * 1024)
-    sock = socket.create_connection(("127.0.0.1", running.engine.server_port()))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel holds little of ours
-    reader, writer = await asyncio.open_connection(sock=sock)
-    client = TcpClient(reader, writer)
+    client = await TcpClient.connect(running.engine.server_port())
     await client.send_line("hold:a")
     await held.arrived("a")
-    lines = 256  # 4 MB of packets: far beyond what the kernel buffers while nobody reads
+    lines = 1024  # 16 MB of packets: far beyond what the kernel buffers while nobody reads
     packet = b"q" + b" " * (16 * 1024 - 2) + b"\n"
     sending = asyncio.create_task(client.send(packet * lines + b"quiet\n"))
     done, _ = await asyncio.wait({sending}, timeout=1.0)
