@@ -55,9 +55,9 @@ class HeldBackend:
         await self.runner.cleanup()
 
 
-@pytest.fixture
-async def held():
-    """A started HeldBackend (import this fixture into a test module)."""
+@pytest.fixture(name="held")
+async def held_fixture():
+    """A started HeldBackend as ``held`` (import held_fixture into a test module)."""
     backend = HeldBackend()
     await backend.start()
     yield backend

@@ -10,7 +10,7 @@ import asyncio
 import socket
 import struct
 
-from tests.held_backend import GUARD, eventually, held  # noqa: F401 (fixture)
+from tests.held_backend import GUARD, eventually, held_fixture  # noqa: F401 (the held fixture)
 from tests.tcp_client import TcpClient
 
 # Newline framing; on_message commands. "q ..." lines are counted, not answered.
@@ -55,7 +55,7 @@ end
 """
 
 
-async def start(start_engine, held, **settings):  # noqa: F811
+async def start(start_engine, held, **settings):
     return await start_engine(SCRIPT % f"http://127.0.0.1:{held.port}/hold/", protocol="socket",
                               **settings)
 
@@ -71,7 +71,7 @@ async def echo_round_trip(running) -> None:
     await other.close()
 
 
-async def test_input_arriving_during_a_wait_is_handled_after_it_in_order(start_engine, held):  # noqa: F811
+async def test_input_arriving_during_a_wait_is_handled_after_it_in_order(start_engine, held):
     running = await start(start_engine, held)
     client = await TcpClient.connect(running.engine.server_port())
     await client.send_line("hold:a")
@@ -83,7 +83,7 @@ async def test_input_arriving_during_a_wait_is_handled_after_it_in_order(start_e
     assert [await client.recv_line() for _ in range(4)] == ["held:a", "echo x1", "echo x2", "echo x3"]
 
 
-async def test_a_client_leaving_while_on_message_waits_ends_the_wait(start_engine, held):  # noqa: F811
+async def test_a_client_leaving_while_on_message_waits_ends_the_wait(start_engine, held):
     running = await start(start_engine, held)
     queues = running.engine.queues
     client = await TcpClient.connect(running.engine.server_port())
@@ -97,7 +97,7 @@ async def test_a_client_leaving_while_on_message_waits_ends_the_wait(start_engin
     await eventually(lambda: running.engine.stats()["connections"] == 0, "the connection leaves the hub")
 
 
-async def test_reading_pauses_over_max_packet_size_behind_a_wait_and_resumes(start_engine, held):  # noqa: F811
+async def test_reading_pauses_over_max_packet_size_behind_a_wait_and_resumes(start_engine, held):
     """Behind a waiting callback the server stops reading once more than
     maxPacketSize bytes are buffered: a client sending a lot cannot finish
     sending until the wait ends; then everything is handled, in order."""
@@ -118,7 +118,7 @@ async def test_reading_pauses_over_max_packet_size_behind_a_wait_and_resumes(sta
     await client.close()
 
 
-async def test_a_close_that_cannot_flush_is_aborted_after_write_timeout(start_engine, held):  # noqa: F811
+async def test_a_close_that_cannot_flush_is_aborted_after_write_timeout(start_engine, held):
     running = await start(start_engine, held, maxSendQueue=64 * 1024 * 1024, writeTimeout=1)
     queues = running.engine.queues
     stuck = await TcpClient.connect(running.engine.server_port())

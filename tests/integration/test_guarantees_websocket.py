@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.held_backend import GUARD, eventually, held  # noqa: F401 (fixture)
+from tests.held_backend import GUARD, eventually, held_fixture  # noqa: F401 (the held fixture)
 from tests.helpers import assert_silent
 
 SCRIPT = """
@@ -55,7 +55,7 @@ end
 """
 
 
-async def start(start_engine, held):  # noqa: F811
+async def start(start_engine, held):
     return await start_engine(SCRIPT % f"http://127.0.0.1:{held.port}/hold/")
 
 
@@ -81,7 +81,7 @@ async def echo_round_trip(running) -> None:
     await other.close()
 
 
-async def test_frames_queued_behind_a_waiting_callback_are_handled_in_order(start_engine, held):  # noqa: F811
+async def test_frames_queued_behind_a_waiting_callback_are_handled_in_order(start_engine, held):
     running = await start(start_engine, held)
     ws = await running.connect(autoping=False)
     await ws.send_str("hold:first")
@@ -94,7 +94,7 @@ async def test_frames_queued_behind_a_waiting_callback_are_handled_in_order(star
     assert [await text(ws) for _ in range(6)] == ["held:first"] + [f"queued {i}" for i in range(1, 6)]
 
 
-async def test_a_queued_frame_that_waits_holds_the_frames_behind_it(start_engine, held):  # noqa: F811
+async def test_a_queued_frame_that_waits_holds_the_frames_behind_it(start_engine, held):
     running = await start(start_engine, held)
     ws = await running.connect(autoping=False)
     await ws.send_str("hold:a")
@@ -111,7 +111,7 @@ async def test_a_queued_frame_that_waits_holds_the_frames_behind_it(start_engine
     assert await text(ws) == "after b"
 
 
-async def test_a_client_leaving_while_its_callback_waits_ends_the_wait(start_engine, held):  # noqa: F811
+async def test_a_client_leaving_while_its_callback_waits_ends_the_wait(start_engine, held):
     running = await start(start_engine, held)
     queues = running.engine.queues
     ws = await running.connect()
@@ -124,7 +124,7 @@ async def test_a_client_leaving_while_its_callback_waits_ends_the_wait(start_eng
     await eventually(lambda: running.engine.stats()["connections"] == 0, "the connection leaves the hub")
 
 
-async def test_an_on_close_that_waits_finishes_and_others_are_served_meanwhile(start_engine, held):  # noqa: F811
+async def test_an_on_close_that_waits_finishes_and_others_are_served_meanwhile(start_engine, held):
     running = await start(start_engine, held)
     queues = running.engine.queues
     ws = await running.connect()
@@ -139,7 +139,7 @@ async def test_an_on_close_that_waits_finishes_and_others_are_served_meanwhile(s
     assert queues.pop("after-wait") == "on-close"
 
 
-async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(start_engine, held):  # noqa: F811
+async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(start_engine, held):
     """More frames than the inbox holds: reading pauses (a ping behind them
     stays unanswered until the wait ends), nothing is lost or reordered."""
     running = await start(start_engine, held)
@@ -163,7 +163,7 @@ async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(
     assert frames == ["held:flood"] + flood
 
 
-async def test_frames_sent_before_the_upgrade_are_capped_and_sent_in_order(start_engine, held):  # noqa: F811
+async def test_frames_sent_before_the_upgrade_are_capped_and_sent_in_order(start_engine, held):
     running = await start(start_engine, held)
     ws = await running.session.ws_connect(running.ws_url + "?early=5000")
     await ws.send_str("accepted")
