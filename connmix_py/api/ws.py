@@ -21,6 +21,10 @@ from .requests import ApiError, invalid
 
 log = logging.getLogger("connmix.api")
 
+# Seconds a shutdown lets each API connection finish its close handshake; a
+# client that stopped reading never lets the close frame out, so it is cut.
+CLOSE_GRACE = 2.0
+
 METHODS: dict[str, Callable[[Any, Any], Any]] = {
     "mesh.publish": requests.publish,
     "mesh.send": requests.send,
@@ -62,10 +66,20 @@ def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None)
         return orjson.dumps({"E": error.body(), "i": request_id})
 
 
+async def _close_within_grace(ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    """Close with 1001; abort the connection if the close cannot flush in time."""
+    try:
+        await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down"),
+                               CLOSE_GRACE)
+    except asyncio.TimeoutError:
+        transport.abort()
+
+
 def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id: int = 1) -> None:
     queues = queues if queues is not None else Queues(2000, 100)
-    # Every API connection may consume: each has its (idle) consumer.
-    connections: set[ApiConsumer] = set()
+    # Every API connection may consume: each has its (idle) consumer. The
+    # transport is kept to abort a connection whose close cannot flush.
+    connections: dict[ApiConsumer, asyncio.Transport] = {}
 
     async def websocket_api(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=16 * 1024 * 1024)
@@ -73,7 +87,7 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
         if request.transport is None:  # the client left during the upgrade
             return ws
         consumer = ApiConsumer(ws, request.transport, queues, node_id)
-        connections.add(consumer)
+        connections[consumer] = request.transport
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -84,18 +98,18 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
                 elif msg.type is WSMsgType.BINARY:
                     await ws.send_frame(handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
         finally:
-            connections.discard(consumer)
+            connections.pop(consumer, None)
             consumer.close()
         return ws
 
     async def close_all(app: web.Application) -> None:
         # Without this, shutting the API down waits for every open API
         # connection to end by itself (aiohttp's 60 s shutdown timeout).
-        open_now = list(connections)
-        for consumer in open_now:
+        open_now = list(connections.items())
+        for consumer, _ in open_now:
             consumer.close()
-        await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-                               for c in open_now), return_exceptions=True)
+        await asyncio.gather(*(_close_within_grace(c.ws, transport) for c, transport in open_now),
+                             return_exceptions=True)
 
     app.on_shutdown.append(close_all)
     app.router.add_get("/ws/v1", websocket_api)
