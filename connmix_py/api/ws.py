@@ -14,6 +14,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..queue import Queues
+from ..servers.rfc6455 import ServerWebSocketResponse, unsupported_version
 from . import queue_consumer, requests
 from .conn_call import conn_call
 from .queue_consumer import ApiConsumer
@@ -82,7 +83,11 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
     connections: dict[ApiConsumer, asyncio.Transport] = {}
 
     async def websocket_api(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(autoping=True, max_msg_size=16 * 1024 * 1024)
+        refused = unsupported_version(request)
+        if refused is not None:
+            return refused
+        # RFC 6455 as on the servers: unmasked frames close with 1002.
+        ws = ServerWebSocketResponse(autoping=True, max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
         if request.transport is None:  # the client left during the upgrade
             return ws

@@ -316,3 +316,21 @@ async def test_socket_servers_carry_text_that_is_not_utf8(tmp_path):
         assert await client.recv_exactly(5) == NOT_UTF8 + b"\n"
     finally:
         await engine.stop()
+
+
+# The backend WebSocket API (/ws/v1) holds its clients to the same rules.
+
+async def test_the_websocket_api_refuses_other_versions_and_unmasked_frames(start_engine):
+    running = await start_engine(SCRIPT)
+    raw = await RawWebSocket.open(running.engine.api_port)
+    status, head = await raw.handshake("/ws/v1", version="8")
+    assert status == 426 and b"\r\nsec-websocket-version: 13" in head.lower()
+    raw.drop()
+    raw = await RawWebSocket.open(running.engine.api_port)
+    assert (await raw.handshake("/ws/v1"))[0] == 101
+    await raw.send_frame(b"ping")
+    assert await raw.read_frame() == (OP_TEXT, b"pong")
+    await raw.send_frame(b"ping", masked=False)
+    assert await closed_with(raw) == 1002
+    raw.drop()
+    await assert_served(running)
