@@ -102,6 +102,7 @@ class SocketSession(asyncio.Protocol):
         self.generation = 0  # bumped by clear_buffer: a running feed's count is void
         self.worker: asyncio.Task | None = None  # set while a callback waits
         self.eof = False
+        self.eof_at: float | None = None
         self.paused = False
         self.close_started: float | None = None
         self.unfinished_since: float | None = None  # buffered bytes, no packet framed since
@@ -146,6 +147,7 @@ class SocketSession(asyncio.Protocol):
         if self.conn is None:
             return False
         self.eof = True
+        self.eof_at = self.loop.time()
         if self.worker is None:
             self._end_of_input()
         return True  # keep writing: replies to what came before the EOF still go out
@@ -266,7 +268,21 @@ class SocketSession(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Called about once a second by the sweeper."""
         self._check_unfinished(now)
+        self._check_after_eof(now)
         self._check_close(now)
+
+    def _check_after_eof(self, now: float) -> None:
+        """After the client's EOF, replies to what it sent may still go out
+        (a half-close), but a callback still waiting readTimeout later
+        (wait_context_value without a timeout ...) waits for nobody: close,
+        which ends its waits."""
+        conn, timeout = self.conn, self.conn.read_timeout
+        if (self.eof_at is not None and timeout and not conn.closing and self.worker is not None
+                and now - self.eof_at > timeout):
+            reason = (f"read timeout: the client ended its input {timeout:g}s ago "
+                      "and a callback still waits")
+            log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, reason)
+            conn.close(CLOSE_POLICY, reason)
 
     def _check_unfinished(self, now: float) -> None:
         """A packet that does not complete within packetTimeout closes the connection."""

@@ -127,3 +127,18 @@ async def test_a_close_that_cannot_flush_is_aborted_after_write_timeout(start_en
     assert queues.pop("closed").startswith("slow client: the close could not flush")
     await echo_round_trip(running)
     stuck.writer.transport.abort()
+
+
+async def test_a_client_half_closing_while_on_message_waits_is_closed_after_read_timeout(start_engine, held):
+    """After an EOF replies may still go out (a half-close), but a wait that
+    nothing ends must not hold the connection forever: readTimeout after the
+    EOF the connection closes, which ends the wait."""
+    running = await start(start_engine, held, readTimeout=1)
+    queues = running.engine.queues
+    client = await TcpClient.connect(running.engine.server_port())
+    assert await ask(client, "wait") == "waiting"
+    client.writer.write_eof()
+    await eventually(lambda: queues.size("closed"), "on_close after a half-close mid-wait")
+    assert queues.pop("ended") == "nil"
+    assert "read timeout" in queues.pop("closed")
+    await eventually(lambda: running.engine.stats()["connections"] == 0, "the connection leaves the hub")
