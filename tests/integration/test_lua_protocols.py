@@ -14,6 +14,7 @@ import pytest
 import websockets
 
 # protocol_library: an autouse fixture, lua/protocols beside the entry.
+from connmix_py import Engine, parse_settings
 from tests.compat.test_socket_protocols import protocol_library, script  # noqa: F401
 from tests.conftest import EXAMPLE_DIR, ROOT
 from tests.helpers import receive_json
@@ -251,3 +252,42 @@ async def test_jsonrpc_protocol(start_engine):
     assert json.loads(await conn.recv_line())["result"] == 2
     await conn.close()
     await until(lambda: not running.engine.hub.conns, "every connection forgotten")
+
+
+# -- the shipped layout, and a hot update -------------------------------------------------------
+
+
+async def test_shipped_entry_finds_lua_protocols_in_the_sandbox():
+    settings = parse_settings({"engine": {
+        "apiServer": {"port": 0, "bind": "127.0.0.1"}, "luavm": {"sandbox": True},
+        "servers": [{"port": 0, "bind": "127.0.0.1", "protocol": "socket", "entry": DEFAULT_ENTRY}]}})
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{engine.server_port()}/chat") as ws:
+            await ws.send("from lua/protocols")
+            assert await asyncio.wait_for(ws.recv(), 10) == "from lua/protocols"
+    finally:
+        await engine.stop()
+
+
+async def test_an_upgraded_connection_survives_a_hot_update(start_engine, tmp_path):
+    running, port = await start(start_engine, script(DEFAULT_ENTRY), byteCodeExpires=0.2)
+    entry = running.engine.settings.servers[0].entry
+    async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send("before")
+        assert await asyncio.wait_for(ws.recv(), 10) == "before"
+        source = script(DEFAULT_ENTRY).replace("websocket.send_text(msg.data)",
+                                               'websocket.send_text("v2 " .. msg.data)')
+        with open(entry, "w", encoding="utf-8") as f:
+            f.write(source)
+        stamp = os.stat(entry).st_mtime_ns + 2_000_000_000
+        os.utime(entry, ns=(stamp, stamp))
+        for _ in range(50):  # the reload happens on its own tick
+            await ws.send("after")
+            reply = await asyncio.wait_for(ws.recv(), 10)
+            if reply != "after":
+                break
+            await asyncio.sleep(0.1)
+        # The new state knows the upgrade from the context value "__handshake".
+        assert reply == "v2 after"
