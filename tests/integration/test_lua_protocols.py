@@ -134,6 +134,26 @@ async def test_close_handshake_and_frames_split_anywhere(start_engine):
     assert await client.read_frame() == (0x8, struct.pack("!H", 1001))
 
 
+async def test_send_text_refuses_bytes_that_are_not_utf8_and_close_sends_a_close(start_engine):
+    source = script(DEFAULT_ENTRY).replace("function on_message(msg)", """function on_message(msg)
+    if msg.data == "bad-text" then
+        local ok, err = websocket.send_text("caf\\195")
+        websocket.send_text(tostring(ok) .. " " .. err)
+        return
+    elseif msg.data == "close-me" then
+        websocket.close(conn, 4000, "bye")
+        return
+    end""", 1)
+    _, port = await start(start_engine, source)
+    client = await RawWebSocket.connect(port, "/")
+    await client.send_text("bad-text")
+    assert await client.read_frame() == (0x1, b"nil text is not UTF-8 (send it as binary)")
+    await client.send_text("close-me")
+    assert await client.read_frame() == (0x8, struct.pack("!H", 4000) + b"bye")
+    with pytest.raises(ConnectionError):
+        await client.read_frame()  # then the server hangs up
+
+
 async def test_handshake_refusals(start_engine):
     source = script(DEFAULT_ENTRY).replace("websocket.input(buf, on_handshake)",
                                         "websocket.input(buf, conn, '/chat', function(headers, c)\n"
