@@ -12,7 +12,8 @@ What goes on the wire is the connection kind's business: each connection
 has an ``encoder`` turning a payload into its wire bytes (a websocket frame,
 or the socket server's ``protocol_encode``). Connections sharing an encoder
 get the same bytes for the same payload, so a publish encodes once per
-encoder, not once per subscriber.
+encoder, not once per subscriber. On a socket server the script frames its
+own ``conn:send`` bytes (``script_frames``): those skip the encoder.
 """
 from __future__ import annotations
 
@@ -60,12 +61,13 @@ class Connection:
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
-        "big_frames", "encoder", "session", "_pending", "_closer", "_loop",
+        "big_frames", "encoder", "script_frames", "session", "_pending", "_closer", "_loop",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
                  max_send_queue: int, write_timeout: float, read_timeout: float,
-                 encoder: Encoder = frames.websocket_wire, session: Any = None) -> None:
+                 encoder: Encoder = frames.websocket_wire, session: Any = None,
+                 script_frames: bool = False) -> None:
         self.client_id = client_id
         self.id_bytes = client_id.encode()
         self.server = server
@@ -89,6 +91,9 @@ class Connection:
         # (start, end) offsets in sent_total of big frames still queued.
         self.big_frames: deque[tuple[int, int]] = deque()
         self.encoder = encoder
+        # conn:send writes the script's bytes as given (socket servers: CONNMIX's
+        # protocols/websocket.lua sends its 101 reply and its frames that way).
+        self.script_frames = script_frames
         # The server's per-connection state (a socket connection's input buffer).
         self.session = session
         self._pending: list[bytes] | None = []
@@ -149,6 +154,14 @@ class Connection:
         except EncodeError as exc:
             return str(exc)
         return None if self.write_frame(wire) else "connection closed"
+
+    def deliver_from_script(self, data: bytes, binary: bool = False) -> str | None:
+        """conn:send: like deliver, but bytes a script framed itself go out as given."""
+        if not self.script_frames:
+            return self.deliver(data, binary)
+        if self.closing:
+            return "connection closed"
+        return None if self.write_frame(data) else "connection closed"
 
     def write_frame(self, frame: bytes) -> bool:
         """Queue encoded wire bytes; False if the connection cannot take it."""

@@ -5,7 +5,8 @@ protocol (SPEC 3, "socket protocol callbacks"):
 
     bytes in -> input buffer -> protocol_input(buf) -> n
              -> protocol_decode(first n bytes) -> on_message(msg) -> next packet
-    conn:send, publishes, mesh.send, the APIs -> protocol_encode(data) -> socket
+    publishes, mesh.send, the APIs -> protocol_encode(data) -> socket
+    conn:send(bytes) -> socket (the script framed them already)
 
 Callbacks of one connection run one at a time, in arrival order: input that
 arrives while a callback waits stays in the buffer and is framed after it,
@@ -124,7 +125,7 @@ class SocketSession(asyncio.Protocol):
             return
         conn = Connection(server.next_client_id(), server, remote, settings.max_send_queue,
                           settings.write_timeout, settings.read_timeout,
-                          encoder=server.encoder, session=self)
+                          encoder=server.encoder, session=self, script_frames=True)
         self.conn = conn
         server.hub.add(conn)
         server.conns.add(conn)

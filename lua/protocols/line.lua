@@ -5,6 +5,8 @@
 --   function protocol_input(buf) return line.input(buf) end
 --   function protocol_decode(str) return line.decode(str) end
 --   function protocol_encode(str) return line.encode(str) end
+local text = require("protocols.text")
+
 local M = {}
 
 -- A line still unfinished after this many bytes disconnects the client.
@@ -12,15 +14,7 @@ M.max_line = 64 * 1024
 
 -- The length of the first line including its "\n"; 0 until one is complete.
 function M.input(buf)
-    local data = buf:tostring()
-    local stop = data:find("\n", 1, true)
-    if stop then
-        return stop
-    end
-    if #data > M.max_line then
-        return -1
-    end
-    return 0
+    return text.frame(buf, M.max_line)
 end
 
 function M.decode(str)
@@ -30,8 +24,6 @@ function M.decode(str)
     return str:sub(1, -2)
 end
 
-function M.encode(str)
-    return str .. "\n"
-end
+M.encode = text.encode
 
 return M

@@ -1,5 +1,5 @@
-"""Custom protocols over TCP, the way CONNMIX scripts write them: the default
-lua/entry.socket.lua, a line-based chat and a binary game protocol on the
+"""Custom protocols over TCP, the way CONNMIX scripts write them: a
+length-prefixed echo, a line-based chat and a binary game protocol on the
 lua/protocols library, and a script in the old calling style."""
 from __future__ import annotations
 
@@ -32,24 +32,23 @@ async def start(start_engine, path: str, **settings):
     return running, running.engine.server_port()
 
 
-# -- the default entry script --------------------------------------------------------
+# -- a length-prefixed echo --------------------------------------------------------------
 
 
-async def test_default_socket_entry_echoes_length_prefixed_packets(start_engine):
-    _, port = await start(start_engine, os.path.join(ROOT, "lua", "entry.socket.lua"))
+async def test_length_prefixed_echo(start_engine):
+    _, port = await start(start_engine, os.path.join(SCRIPTS, "socket_length_prefixed_echo.lua"))
     conn = await TcpClient.connect(port)
     body = bytes(range(256)) * 40  # binary, 10 KB: several reads
     await conn.send(packet(b"hello") + packet(b"") + packet(body)[:100])
     assert await conn.recv_packet() == b"hello"
     await conn.send(packet(body)[100:])
-    # The empty packet is echoed as an empty send, which the length-prefixed
-    # encoder turns into a bare header.
+    # The empty packet is echoed as a bare header.
     assert await conn.recv_packet() == b""
     assert await conn.recv_packet() == body
 
 
-async def test_default_socket_entry_disconnects_an_oversized_announcement(start_engine):
-    _, port = await start(start_engine, os.path.join(ROOT, "lua", "entry.socket.lua"))
+async def test_length_prefixed_disconnects_an_oversized_announcement(start_engine):
+    _, port = await start(start_engine, os.path.join(SCRIPTS, "socket_length_prefixed_echo.lua"))
     liar = await TcpClient.connect(port)
     await liar.send(struct.pack("!I", 2**31))  # announces 2 GB
     await liar.assert_closed()

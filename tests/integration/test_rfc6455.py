@@ -290,9 +290,9 @@ function on_message(msg)
     local conn = mix.socket.tcp()
     if msg == "sub" then
         conn:subscribe("bytes")
-        conn:send("ok")
+        conn:send("ok\n")
     else
-        conn:send(msg .. "\255")
+        conn:send(msg .. "\255\n")
     end
 end
 """

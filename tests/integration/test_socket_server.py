@@ -1,5 +1,6 @@
 """The socket server (protocol: socket) through real TCP clients: framing by
-protocol_input, decode/on_message order, protocol_encode on every way out,
+protocol_input, decode/on_message order, protocol_encode on every way out
+the engine sends for the script (conn:send writes the script's bytes as given),
 the old calling style, mix.buffer, clear_buffer, and the bounds and bad
 script answers, each with proof that other connections are still served."""
 from __future__ import annotations
@@ -73,6 +74,11 @@ function protocol_encode(str, c)
     return str .. "\n"
 end
 
+-- conn:send writes its bytes as given: the script frames its own replies.
+local function say(c, s)
+    return c:send(s .. "\n")
+end
+
 local function words(line)
     local out = {}
     for w in line:gmatch("%S+") do
@@ -86,9 +92,9 @@ function on_message(msg, c)
     local w = words(msg.line)
     local cmd = w[1]
     if cmd == "id" then
-        conn:send(conn:client_id())
+        say(conn, conn:client_id())
     elseif cmd == "old" then
-        conn:send(conn:context_value("old_style") .. " " .. tostring(c == conn) .. " "
+        say(conn, conn:context_value("old_style") .. " " .. tostring(c == conn) .. " "
             .. tostring(mix.websocket() == conn))
     elseif cmd == "set" then
         conn:set_context_value("seen", w[2])
@@ -96,33 +102,35 @@ function on_message(msg, c)
         conn:wait_context_value("never", 0.3)
         conn:set_context_value("seen", w[2])
     elseif cmd == "seen" then
-        conn:send("seen " .. tostring(msg.seen))
+        say(conn, "seen " .. tostring(msg.seen))
     elseif cmd == "wait" then
         conn:wait_context_value("never", tonumber(w[2]) or 0.3)
-        conn:send("waited")
+        say(conn, "waited")
     elseif cmd == "sub" then
         conn:subscribe(w[2])
-        conn:send("subscribed")
+        say(conn, "subscribed")
     elseif cmd == "pub" then
         local s, f = mix.mesh.publish(w[2], w[3])
-        conn:send("published " .. s .. " " .. f)
+        say(conn, "published " .. s .. " " .. f)
     elseif cmd == "encodes" then
-        conn:send("encodes " .. encodes)
+        say(conn, "encodes " .. encodes)
     elseif cmd == "send" then
-        conn:send("err " .. tostring(conn:send(w[2])))
+        say(conn, "err " .. tostring(mix.mesh.send(conn:client_id(), w[2])))
+    elseif cmd == "raw" then
+        conn:send(w[2])
     elseif cmd == "boom" then
         error("boom") -- BOOM
     elseif cmd == "bye" then
-        conn:send("bye")
+        say(conn, "bye")
         conn:close()
     elseif cmd == "mem" then
         collectgarbage()
-        conn:send(tostring(math.floor(collectgarbage("count"))))
+        say(conn, tostring(math.floor(collectgarbage("count"))))
     elseif cmd == "clear" then
         conn:clear_buffer()
-        conn:send("cleared")
+        say(conn, "cleared")
     else
-        conn:send("echo " .. msg.line)
+        say(conn, "echo " .. msg.line)
     end
 end
 
@@ -290,8 +298,16 @@ async def test_publish_encodes_once_for_all_socket_subscribers(running):
     for sub in subscribers:
         assert await sub.recv_line() == "hello"
     after = int((await ask(publisher, "encodes")).split()[1])
-    # one for the publish, one for the "published" reply, one for "encodes"
-    assert after - before == 3
+    # one for the publish; the replies are conn:send, written as given
+    assert after - before == 1
+
+
+async def test_conn_send_writes_the_scripts_bytes_as_given(running):
+    conn = await client(running)
+    await conn.send_line("raw <framed-by-the-script>")
+    assert await conn.recv_exactly(22) == b"<framed-by-the-script>"
+    await conn.assert_silent()  # no newline of protocol_encode's after it
+    assert await ask(conn, "next") == "echo next"
 
 
 async def test_http_api_send_and_publish_pass_through_protocol_encode(running):
@@ -318,7 +334,7 @@ async def test_a_failing_protocol_encode_fails_that_send_only(running, caplog, p
     assert await ask(conn, "sub bad") == "subscribed"
     with caplog.at_level(logging.ERROR, logger="connmix.lua"):
         reply = await ask(conn, f"send {payload}")
-        assert reply.startswith("err protocol_encode") and error in reply
+        assert reply.startswith("err send failed")  # mix.mesh.send: the reason is logged
         assert await ask(conn, f"pub bad {payload}") == "published 0 1"
     assert error in logged(caplog)
     assert await ask(conn, "still open") == "echo still open"
@@ -505,10 +521,10 @@ end
 function on_message(msg)
     local conn = mix.socket.tcp()
     if msg == "send-spin" then
-        local err = conn:send("spin")
-        conn:send("after " .. tostring(err:find("exceeded its Lua CPU budget", 1, true) ~= nil))
+        local err = mix.mesh.send(conn:client_id(), "spin")
+        conn:send(protocol_encode("after " .. tostring(err ~= nil)))
     else
-        conn:send(msg)
+        conn:send(protocol_encode(msg))
     end
 end
 """

@@ -132,7 +132,7 @@ def bridge(vm) -> dict:
             return bad_argument(2, "send", "'text' or 'binary'", kind)[1]
         try:
             hub.check_size(payload)
-            failure = conn.deliver(payload, binary)  # why not sent: closed, protocol_encode failed
+            failure = conn.deliver_from_script(payload, binary)  # why not sent: closed, encoding failed
         except PayloadError as exc:  # too big, or text that is not UTF-8
             return err(f"send: {exc}")
         return None if failure is None else failure.encode()

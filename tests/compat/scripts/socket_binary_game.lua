@@ -43,18 +43,18 @@ function on_message(msg)
         conn:set_context_value("player", msg.player)
         conn:subscribe("world")
         online = online + 1
-        conn:send(mix.php_pack("nNn", LOGIN, msg.player, online))
+        conn:send(packet.encode(mix.php_pack("nNn", LOGIN, msg.player, online)))
     elseif msg.op == MOVE then
         local player = conn:context_value("player")
         if player == nil then
-            conn:send(mix.php_pack("na*", ERROR, "login first"))
+            conn:send(packet.encode(mix.php_pack("na*", ERROR, "login first")))
             return
         end
         mix.mesh.publish("world", mix.php_pack("nNnn", MOVE, player, msg.x, msg.y), "binary")
     elseif msg.op == PING then
-        conn:send(mix.php_pack("nJ", PING, msg.ts), "binary")
+        conn:send(packet.encode(mix.php_pack("nJ", PING, msg.ts)), "binary")
     else
-        conn:send(mix.php_pack("na*", ERROR, msg.why))
+        conn:send(packet.encode(mix.php_pack("na*", ERROR, msg.why)))
     end
 end
 

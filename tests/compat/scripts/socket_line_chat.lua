@@ -3,7 +3,7 @@
 local line = require("protocols.line")
 
 function on_connect(client_id)
-    mix.socket.tcp():send("WELCOME " .. client_id)
+    mix.socket.tcp():send(line.encode("WELCOME " .. client_id))
 end
 
 function protocol_input(buf)
@@ -28,26 +28,26 @@ function on_message(cmd)
     local nick = conn:context_value("nick")
     if cmd.verb == "NICK" then
         conn:set_context_value("nick", cmd.arg)
-        conn:send("OK")
+        conn:send(line.encode("OK"))
     elseif nick == nil then
-        conn:send("ERR nick first")
+        conn:send(line.encode("ERR nick first"))
     elseif cmd.verb == "JOIN" then
         conn:set_context_value("room", cmd.arg)
         conn:subscribe("room:" .. cmd.arg)
         local s = mix.mesh.publish("room:" .. cmd.arg, "* " .. nick .. " joined")
-        conn:send("OK " .. s)
+        conn:send(line.encode("OK " .. s))
     elseif cmd.verb == "SAY" then
         local room = conn:context_value("room")
         if room == nil then
-            conn:send("ERR join first")
+            conn:send(line.encode("ERR join first"))
             return
         end
         mix.mesh.publish("room:" .. room, "<" .. nick .. "> " .. cmd.arg)
     elseif cmd.verb == "QUIT" then
-        conn:send("BYE")
+        conn:send(line.encode("BYE"))
         conn:close()
     else
-        conn:send("ERR unknown " .. cmd.verb)
+        conn:send(line.encode("ERR unknown " .. cmd.verb))
     end
 end
 

@@ -38,16 +38,16 @@ end
 
 function on_message(data, c)
     if data.op == "add" then
-        c:send(mix.json_encode({ sum = data.a + data.b, packets = c:context_value("packets") }))
+        c:send(protocol_encode(mix.json_encode({ sum = data.a + data.b, packets = c:context_value("packets") }), c))
     elseif data.op == "audit" then
         c:subscribe("audit")
-        c:send(mix.json_encode({ ok = true }))
+        c:send(protocol_encode(mix.json_encode({ ok = true }), c))
     elseif data.op == "whoami" then
-        c:send(mix.json_encode({ id = c:client_id() }))
+        c:send(protocol_encode(mix.json_encode({ id = c:client_id() }), c))
     elseif data.op == "invalid" then
-        c:send(mix.json_encode({ error = "invalid json" }))
+        c:send(protocol_encode(mix.json_encode({ error = "invalid json" }), c))
     else
-        c:send(mix.json_encode({ error = "unknown op" }))
+        c:send(protocol_encode(mix.json_encode({ error = "unknown op" }), c))
     end
 end
 
