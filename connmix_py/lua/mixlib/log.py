@@ -1,5 +1,6 @@
 """mix.log(level, msg): the scripts' log, filtered by logging.level; each line
-names the script file and line that called it."""
+names the script file and line that called it (found by mix.log's Lua side
+in prelude.lua)."""
 from __future__ import annotations
 
 import logging
@@ -10,31 +11,15 @@ from .values import lua_text
 LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARNING,
           b"warning": logging.WARNING, b"error": logging.ERROR}
 
-# (source, line) of the nearest Lua function on the stack, C frames skipped
-# (level 1 is this helper, level 2 the call into Python). debug.getinfo is
-# taken now: the sandbox removes it from the scripts' globals.
-_CALLER = b"""
-local getinfo = debug.getinfo
-return function()
-    local level = 2
-    while true do
-        local frame = getinfo(level, "Sl")
-        if frame == nil then return nil end
-        if frame.what ~= "C" then return frame.source, frame.currentline end
-        level = level + 1
-    end
-end
-"""
-
 
 def bridge(vm) -> dict:
     logger = logging.getLogger("connmix.lua")
     name = vm.name
     folder = os.path.dirname(vm.settings.entry)
-    caller = vm.runtime.execute(_CALLER)
-    scripts: dict[bytes, str] = {}  # a chunk's source -> the name a line shows
+    scripts: dict[bytes, str] = {}  # a chunk's source -> the name its lines show
 
     def script_of(source: bytes) -> str:
+        """Files beside the entry by their path from its folder, others in full."""
         shown = scripts.get(source)
         if shown is None:
             path = source[1:].decode("utf-8", "replace")
@@ -42,15 +27,12 @@ def bridge(vm) -> dict:
             scripts[source] = shown
         return shown
 
-    # Lua passes as many arguments as the caller wrote: extras are ignored.
-    def log(level=None, msg=None, *_):
+    def log(level=None, msg=None, source=None, line=None):
         lvl = LEVELS.get(level.lower(), logging.INFO) if type(level) is bytes else logging.INFO
         if not logger.isEnabledFor(lvl):
             return True
-        # Only for lines that are written: finding the caller costs a Lua call.
-        found = caller()  # (source, line), or None
-        if type(found) is tuple and type(found[0]) is bytes and found[0].startswith(b"@"):  # a file
-            script, line = script_of(found[0]), found[1]
+        if type(source) is bytes and source.startswith(b"@"):  # a file, not a string chunk
+            script = script_of(source)
             logger.log(lvl, "[%s:%d] %s", script, line, lua_text(msg), extra={"script": script, "line": line})
         else:
             logger.log(lvl, "[%s] %s", name, lua_text(msg), extra={"script": name})
