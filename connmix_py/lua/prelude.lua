@@ -77,8 +77,12 @@ end
 -- mix.log(level, msg) hands Python the file and line that called it: the
 -- nearest Lua frame (pcall and other C frames skipped), read here in the
 -- caller's own coroutine; debug.getinfo is taken before the sandbox hides it.
-local getinfo, py_log = debug.getinfo, py.log
+-- Lines the level filters out cost one Python call, no frame lookup.
+local getinfo, py_log, py_log_enabled = debug.getinfo, py.log, py.log_enabled
 local function log(level, msg)
+    if not py_log_enabled(level) then
+        return true
+    end
     local level_up = 2
     local frame = getinfo(level_up, "Sl")
     while frame ~= nil and frame.what == "C" do

@@ -156,6 +156,7 @@ async def test_mix_log_names_the_script_and_line(start_engine, tmp_path, caplog)
             mix_log(mix_WARN, "got " .. msg.data)
             pcall(mix.log, mix.ERROR, "through pcall")
             audit.note(msg.data)
+            coroutine.wrap(function() mix.log(mix.INFO, "in a coroutine") end)()
             mix.websocket():send("ok")
         end
     """)
@@ -166,7 +167,8 @@ async def test_mix_log_names_the_script_and_line(start_engine, tmp_path, caplog)
     lua = [(r.getMessage(), r.script, r.line) for r in caplog.records if r.name == "connmix.lua"]
     assert lua == [(f"[{entry}:3] got hello", entry, 3),
                    (f"[{entry}:4] through pcall", entry, 4),
-                   ("[helpers/audit.lua:3] audit hello", "helpers/audit.lua", 3)]
+                   ("[helpers/audit.lua:3] audit hello", "helpers/audit.lua", 3),
+                   (f"[{entry}:6] in a coroutine", entry, 6)]
 
 
 # -- the log file --------------------------------------------------------------------

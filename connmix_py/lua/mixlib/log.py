@@ -27,8 +27,14 @@ def bridge(vm) -> dict:
             scripts[source] = shown
         return shown
 
+    def level_of(level) -> int:
+        return LEVELS.get(level.lower(), logging.INFO) if type(level) is bytes else logging.INFO
+
+    def log_enabled(level=None):
+        return logger.isEnabledFor(level_of(level))
+
     def log(level=None, msg=None, source=None, line=None):
-        lvl = LEVELS.get(level.lower(), logging.INFO) if type(level) is bytes else logging.INFO
+        lvl = level_of(level)
         if not logger.isEnabledFor(lvl):
             return True
         if type(source) is bytes and source.startswith(b"@"):  # a file, not a string chunk
@@ -38,4 +44,4 @@ def bridge(vm) -> dict:
             logger.log(lvl, "[%s] %s", name, lua_text(msg), extra={"script": name})
         return True
 
-    return {"log": log}
+    return {"log": log, "log_enabled": log_enabled}
