@@ -315,7 +315,8 @@ class SocketSession(asyncio.Protocol):
                 except Exception:
                     conn.log.exception("handling input failed")
             err = conn.close_err
-            conn.log_closed(conn.close_code if conn.close_code is not None else CLOSE_NORMAL)
+            # Closed by the client: cleanly (EOF) unless the socket was lost (an error).
+            conn.log_closed(conn.close_code if conn.close_code is not None else None if err else CLOSE_NORMAL)
             pending = vm.call(conn, "on_close", conn.id_bytes, err.encode() if err else None)
             if pending is not None:
                 await pending
