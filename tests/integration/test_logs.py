@@ -127,35 +127,41 @@ async def test_a_slow_client_is_logged_as_dropped_without_a_close(start_engine, 
     client.drop()
 
 
-async def test_socket_connections_are_logged_too(start_engine, caplog):
+SOCKET_SCRIPT = """
+function protocol_input(buf) return 0 end
+function on_message(msg) end
+"""
+
+
+async def socket_connection(start_engine, caplog):
+    """A socket server and one client of it, its accept logged: (running, client writer)."""
     caplog.set_level(logging.DEBUG, logger="connmix")
-    running = await start_engine("""
-        function protocol_input(buf) return 0 end
-        function on_message(msg) end
-    """, protocol="socket")
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.engine.server_port())
-    writer.close()
-    await reader.read()
-    await until(lambda: any("closed" in r.getMessage() for r in caplog.records), "the close was logged")
+    running = await start_engine(SOCKET_SCRIPT, protocol="socket")
+    _, writer = await asyncio.open_connection("127.0.0.1", running.engine.server_port())
+    await until(lambda: any("accepted" in r.getMessage() for r in caplog.records), "the accept was logged")
+    return running, writer
+
+
+def only_connection_lines(caplog) -> list[str]:
     [client_id] = {r.client_id for r in caplog.records if hasattr(r, "client_id")}
-    assert lines_of(caplog, client_id) == [f"accepted on port {running.engine.server_port()}",
-                                           "closed: code 1000, clean"]
+    return lines_of(caplog, client_id)
+
+
+async def test_socket_connections_are_logged_too(start_engine, caplog):
+    running, writer = await socket_connection(start_engine, caplog)
+    writer.close()
+    await until(lambda: any("closed" in r.getMessage() for r in caplog.records), "the close was logged")
+    assert only_connection_lines(caplog) == [f"accepted on port {running.engine.server_port()}",
+                                             "closed: code 1000, clean"]
 
 
 async def test_a_socket_client_lost_without_eof_is_logged_with_1006(start_engine, caplog):
-    caplog.set_level(logging.DEBUG, logger="connmix")
-    running = await start_engine("""
-        function protocol_input(buf) return 0 end
-        function on_message(msg) end
-    """, protocol="socket")
-    _, writer = await asyncio.open_connection("127.0.0.1", running.engine.server_port())
-    await until(lambda: any("accepted" in r.getMessage() for r in caplog.records), "the accept was logged")
+    _, writer = await socket_connection(start_engine, caplog)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset
     writer.transport.abort()
     await until(lambda: any("closed" in r.getMessage() for r in caplog.records), "the close was logged")
-    [client_id] = {r.client_id for r in caplog.records if hasattr(r, "client_id")}
-    assert lines_of(caplog, client_id)[-1].startswith("closed: code 1006, connection lost: ")
+    assert only_connection_lines(caplog)[-1].startswith("closed: code 1006, connection lost: ")
 
 
 async def test_mix_log_names_the_script_and_line(start_engine, tmp_path, caplog):
