@@ -18,6 +18,7 @@ log = logging.getLogger("connmix.config")
 
 PROTOCOLS = ("websocket", "socket")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -29,6 +30,7 @@ class LoggingSettings:
     filename: str = "logs/connmix.log"
     max_files: int = 7
     level: str = "debug"
+    format: str = "text"  # ours: text, or json (one object per line, for log shippers)
 
 
 @dataclass
@@ -176,6 +178,12 @@ def _level(key: str, value: Any) -> str:
     return value.lower()
 
 
+def _log_format(key: str, value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"{key}: expected text or json, got {value!r}")
+    return value
+
+
 def _protocol(key: str, value: Any) -> str:
     if value not in PROTOCOLS:
         raise ConfigError(f"{key}: unknown protocol {value!r} (expected websocket or socket)")
@@ -198,7 +206,7 @@ def _options(key: str, value: Any) -> dict[str, Any]:
 
 
 _LOGGING_KEYS = {"filename": ("filename", _string), "maxFiles": ("max_files", _positive_int),
-                 "level": ("level", _level)}
+                 "level": ("level", _level), "format": ("format", _log_format)}
 _API_KEYS = {"port": ("port", _port), "bind": ("bind", _string),
              "readTimeout": ("read_timeout", _seconds), "writeTimeout": ("write_timeout", _seconds),
              "handshakeTimeout": ("handshake_timeout", _positive_seconds),

@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from . import frames
+from .logs import ConnectionLog
 
 log = logging.getLogger("connmix.conn")
 
@@ -61,13 +62,13 @@ class Connection:
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
-        "big_frames", "encoder", "script_frames", "session", "_pending", "_closer", "_loop",
+        "big_frames", "encoder", "script_frames", "session", "log", "aborted", "_pending", "_closer", "_loop",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
                  max_send_queue: int, write_timeout: float, read_timeout: float,
                  encoder: Encoder = frames.websocket_wire, session: Any = None,
-                 script_frames: bool = False) -> None:
+                 script_frames: bool = False, logger: logging.Logger = log) -> None:
         self.client_id = client_id
         self.id_bytes = client_id.encode()
         self.server = server
@@ -96,6 +97,9 @@ class Connection:
         self.script_frames = script_frames
         # The server's per-connection state (a socket connection's input buffer).
         self.session = session
+        # The server's logger, with this client's id and address in every line.
+        self.log = ConnectionLog(logger, client_id, remote_addr)
+        self.aborted = False  # dropped without a close (no close code was sent)
         self._pending: list[bytes] | None = []
         self._closer: Callable[[int], None] | None = None
 
@@ -125,10 +129,11 @@ class Connection:
 
     def abort(self, err: str) -> None:
         """Drop the connection now, without flushing (slow or dead client)."""
-        log.warning("closing client %s (%s): %s", self.client_id, self.remote_addr, err)
+        self.log.warning("closing: %s", err)
         if self.close_err is None:
             self.close_err = err
         self.closing = True
+        self.aborted = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -137,6 +142,13 @@ class Connection:
         self.closing = True
         if self.close_err is None:
             self.close_err = err
+
+    def log_closed(self, code: int | None) -> None:
+        """The connection's last line: the close code (1006: the connection
+        was lost, no close was exchanged) and the reason on_close gets."""
+        if code is None or self.aborted:
+            code = 1006
+        self.log.debug("closed: code %d, %s", code, self.close_err or "clean")
 
     # -- sending -----------------------------------------------------------------
 
@@ -222,7 +234,9 @@ class Connection:
             return
         if (not self.closing and self.read_timeout and self.read_since is not None
                 and now - self.read_since > self.read_timeout):
-            self.close(CLOSE_POLICY, f"read timeout: nothing received for {self.read_timeout:g}s")
+            reason = f"read timeout: nothing received for {self.read_timeout:g}s"
+            self.log.debug("closing: %s", reason)
+            self.close(CLOSE_POLICY, reason)
         if self.blocked_since is None:
             return
         queued = transport.get_write_buffer_size()

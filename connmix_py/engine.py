@@ -15,7 +15,7 @@ from typing import Callable
 import aiohttp
 from aiohttp import web
 
-from .api import access, discovery
+from .api import access, discovery, request_log
 from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
@@ -101,7 +101,8 @@ class Engine:
         # A lambda, not the users: a reload that replaces settings.access
         # applies to the next request.
         app = web.Application(client_max_size=16 * 1024 * 1024,
-                              middlewares=[access.middleware(lambda: self.settings.access)])
+                              middlewares=[request_log.log_request,
+                                           access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats)
         discovery.add_routes(app, api.bind, lambda: self.api_port)
         ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)

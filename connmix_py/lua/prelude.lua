@@ -74,9 +74,30 @@ end
 
 -- the mix module ---------------------------------------------------------------
 
+-- mix.log(level, msg) hands Python the file and line that called it: the
+-- nearest Lua frame (pcall and other C frames skipped), read here in the
+-- caller's own coroutine; debug.getinfo is taken before the sandbox hides it.
+-- Lines the level filters out cost one Python call, no frame lookup.
+local getinfo, py_log, py_log_enabled = debug.getinfo, py.log, py.log_enabled
+local function log(level, msg)
+    if not py_log_enabled(level) then
+        return true
+    end
+    local level_up = 2
+    local frame = getinfo(level_up, "Sl")
+    while frame ~= nil and frame.what == "C" do
+        level_up = level_up + 1
+        frame = getinfo(level_up, "Sl")
+    end
+    if frame == nil then
+        return py_log(level, msg)
+    end
+    return py_log(level, msg, frame.source, frame.currentline)
+end
+
 mix = {
     DEBUG = "debug", INFO = "info", WARN = "warn", ERROR = "error",
-    log = py.log,
+    log = log,
     json_encode = py.json_encode,
     json_decode = py.json_decode,
     str_split = py.str_split,

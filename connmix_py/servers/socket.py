@@ -125,8 +125,9 @@ class SocketSession(asyncio.Protocol):
             return
         conn = Connection(server.next_client_id(), server, remote, settings.max_send_queue,
                           settings.write_timeout, settings.read_timeout,
-                          encoder=server.encoder, session=self, script_frames=True)
+                          encoder=server.encoder, session=self, script_frames=True, logger=log)
         self.conn = conn
+        conn.log.debug("accepted on port %d", server.port)
         server.hub.add(conn)
         server.conns.add(conn)
         conn.open(transport, self._close)
@@ -231,7 +232,7 @@ class SocketSession(asyncio.Protocol):
         if len(self.buffer) > limit:
             reason = (f"packet too big: {len(self.buffer)} bytes buffered without a complete "
                       f"packet (maxPacketSize {limit})")
-            log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, reason)
+            conn.log.warning("closing: %s", reason)
             conn.close(CLOSE_TOO_BIG, reason)
         elif self.eof:
             self._end_of_input()
@@ -282,7 +283,7 @@ class SocketSession(asyncio.Protocol):
                 and now - self.eof_at > timeout):
             reason = (f"read timeout: the client ended its input {timeout:g}s ago "
                       "and a callback still waits")
-            log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, reason)
+            conn.log.warning("closing: %s", reason)
             conn.close(CLOSE_POLICY, reason)
 
     def _check_unfinished(self, now: float) -> None:
@@ -292,7 +293,7 @@ class SocketSession(asyncio.Protocol):
             return
         reason = (f"packet timeout: {len(self.buffer)} bytes of a packet not completed "
                   f"within {timeout:g}s")
-        log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, reason)
+        conn.log.warning("closing: %s", reason)
         conn.close(CLOSE_POLICY, reason)
 
     def _check_close(self, now: float) -> None:
@@ -312,8 +313,10 @@ class SocketSession(asyncio.Protocol):
                 try:
                     await worker
                 except Exception:
-                    log.exception("client %s: handling input failed", conn.client_id)
+                    conn.log.exception("handling input failed")
             err = conn.close_err
+            # Closed by the client: cleanly (EOF) unless the socket was lost (an error).
+            conn.log_closed(conn.close_code if conn.close_code is not None else None if err else CLOSE_NORMAL)
             pending = vm.call(conn, "on_close", conn.id_bytes, err.encode() if err else None)
             if pending is not None:
                 await pending

@@ -32,7 +32,8 @@ log = logging.getLogger("connmix.websocket")
 
 # Frames one connection may queue behind a waiting callback before reading pauses.
 MAX_INBOX = 256
-LOST_WITHOUT_CLOSE = "connection lost: closed by the client without a close frame"
+LOST = "connection lost"  # how every reason for a socket gone without a close begins
+LOST_WITHOUT_CLOSE = f"{LOST}: closed by the client without a close frame"
 
 
 def handshake_tables(request: web.Request, remote: str) -> tuple[dict, dict]:
@@ -106,7 +107,8 @@ class WebSocketServer:
         remote = f"{peer[0]}:{peer[1]}" if peer else ""
         settings = self.settings
         conn = Connection(self.next_client_id(), self, remote, settings.max_send_queue,
-                          settings.write_timeout, settings.read_timeout)
+                          settings.write_timeout, settings.read_timeout, logger=log)
+        conn.log.debug("accepted on port %d, %s %s", self.port, request.method, request.path)
         self.hub.add(conn)
         try:
             refused = await self._handshake(request, conn)
@@ -129,13 +131,16 @@ class WebSocketServer:
         try:
             arguments = vm.to_lua(headers), vm.to_lua(server)
         except LuaMemoryFull as exc:  # data the script keeps fills its Lua state
-            log.error("%s: on_handshake not run for client %s: %s", vm.name, conn.client_id, exc)
+            conn.log.error("%s: on_handshake not run, refused with 503: %s", vm.name, exc)
             return web.Response(status=503, text="server busy\n")
         accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes, *arguments)
         if conn.close_code == CLOSE_INTERNAL_ERROR:  # the Lua error is logged by the VM
+            conn.log.debug("handshake refused: 500, on_handshake failed")
             return web.Response(status=500, text="on_handshake failed\n")
         if accepted is False or conn.closing:
+            conn.log.debug("handshake refused: 403 by on_handshake")
             return web.Response(status=403, text="forbidden\n")
+        conn.log.debug("handshake accepted")
         return None
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, conn: Connection) -> None:
@@ -193,7 +198,7 @@ class WebSocketServer:
             err = "server shutting down"
             raise
         except ConnectionError as exc:
-            err = f"connection lost: {exc}"
+            err = f"{LOST}: {exc}"
         finally:
             conn.mark_closed(err)
             await asyncio.shield(self._close_and_notify(conn, ws, closing, worker))
@@ -219,6 +224,9 @@ class WebSocketServer:
             pass
         finally:
             self.conns.discard(conn)
+        # The code the server sent, else the client's; none when the socket was lost.
+        lost = (conn.close_err or "").startswith(LOST)
+        conn.log_closed(None if lost else conn.close_code if conn.close_code is not None else ws.close_code)
         if worker is not None and not worker.done():
             self.vm.end_waits(conn)
             await worker
@@ -229,18 +237,18 @@ class WebSocketServer:
 
     def _fail(self, conn: Connection, code: int, text: str) -> None:
         """Close for a protocol violation; ``text`` is logged and goes to on_close."""
-        log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, text)
+        conn.log.warning("closing: %s", text)
         conn.close(code, text)
 
     def _receive_error(self, conn: Connection, exc: BaseException) -> str:
         """The reason for on_close when receiving failed; protocol errors are logged."""
         if not isinstance(exc, WebSocketError):
-            return f"connection lost: {exc or type(exc).__name__}"
+            return f"{LOST}: {exc or type(exc).__name__}"
         if exc.code == CLOSE_TOO_BIG:
             text = f"message too big (limit {self.settings.max_message_size} bytes)"
         else:
             text = f"protocol error ({exc.code}): {exc}"
-        log.warning("closing client %s (%s): %s", conn.client_id, conn.remote_addr, text)
+        conn.log.warning("closing: %s", text)
         return text
 
 

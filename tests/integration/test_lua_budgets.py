@@ -108,8 +108,8 @@ HOOK_PROBES = {
     "setupvalue": ("debug.setupvalue(mix.websocket, 1, nil)", "cannot look into the engine's functions"),
     "upvaluejoin": ("local x; debug.upvaluejoin(function() return x end, 1, mix.websocket, 1)",
                     "cannot look into the engine's functions"),
-    "python-metatable": ("getmetatable(mix.log).__call = on_message", "attempt to index a string value"),
-    "python-metatable-debug": ("debug.getmetatable(mix.log)", "cannot look into the engine's Python objects"),
+    "python-metatable": ("getmetatable(mix.md5).__call = on_message", "attempt to index a string value"),
+    "python-metatable-debug": ("debug.getmetatable(mix.md5)", "cannot look into the engine's Python objects"),
     "jit-on": ("jit.on()", "jit.on is not available to scripts"),
     "jit-on-loaded": ('package.loaded.jit.on(on_message, true)', "jit.on is not available to scripts"),
 }

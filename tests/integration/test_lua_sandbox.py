@@ -38,7 +38,7 @@ PROBES = {
     "gc-setpause": ('collectgarbage("setpause", 1000)', 'collectgarbage("setpause") is not allowed'),
     "gc-setstepmul": ('collectgarbage("setstepmul", 1)', 'collectgarbage("setstepmul") is not allowed'),
     "newproxy": ("newproxy(true)", "attempt to call global 'newproxy'"),
-    "python-metatable": ("getmetatable(mix.log).__gc = on_message", "attempt to index a string value"),
+    "python-metatable": ("getmetatable(mix.md5).__gc = on_message", "attempt to index a string value"),
     "python-global": ("python.iter({})", "attempt to index global 'python'"),
 }
 

@@ -1,0 +1,38 @@
+"""Every apiServer request, logged at debug level when it ends: method, path
+(never the query string), status, duration and the user named by the
+request's basic auth (the name only: the password and the body are never
+logged). The outermost middleware, so refusals by access control show too."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from .access import basic_credentials
+
+log = logging.getLogger("connmix.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def log_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not log.isEnabledFor(logging.DEBUG):
+        return await handler(request)
+    started = time.perf_counter()
+    status = 500  # unless the handler answers or raises an HTTP error
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        credentials = basic_credentials(request.headers.get(hdrs.AUTHORIZATION))
+        user = credentials[0] if credentials else "-"
+        log.debug("api: %s %s %d %.1fms user %s from %s", request.method, request.path, status,
+                  (time.perf_counter() - started) * 1000, user, request.remote,
+                  extra={"method": request.method, "path": request.path, "status": status, "user": user})
