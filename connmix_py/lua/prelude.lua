@@ -254,16 +254,22 @@ local slice_start_kb, judge_at_kb = 0, 0   -- the running slice's
 -- even when most of the heap is garbage. Its collector lets garbage grow to
 -- the live size again (pause 200%) before it starts; when that could reach
 -- the cap, it starts at once and works faster.
+-- Paced by the memory in use, garbage included (what a cycle must get
+-- through), checked as every slice starts and at each full collection.
+local collector_fast = false
+local function pace_collector(used_kb)
+    local fast = memory_cap_kb > 0 and used_kb * 3 >= memory_cap_kb  -- 2x, plus what a cycle lets through
+    if fast ~= collector_fast then
+        collector_fast = fast
+        collect("setpause", fast and 100 or 200)
+        collect("setstepmul", fast and 1000 or 200)
+    end
+end
+
 local function full_collect()
     collect()
     live_kb = collect("count")
-    if live_kb * 3 < memory_cap_kb then  -- 2x live, plus what a cycle lets through
-        collect("setpause", 200)
-        collect("setstepmul", 200)
-    else
-        collect("setpause", 100)
-        collect("setstepmul", 1000)
-    end
+    pace_collector(live_kb)
     return live_kb
 end
 
@@ -271,6 +277,8 @@ local function start_memory_slice()
     local used = collect("count")
     if used > memory_budget_kb and used > live_kb + memory_margin_kb then
         used = full_collect()  -- much garbage: measure what is live, else it hides growth
+    else
+        pace_collector(used)
     end
     slice_start_kb, judge_at_kb = used, max(memory_budget_kb, used)
 end
