@@ -51,6 +51,8 @@ async def serve(path: str, mode: str) -> int:
         settings = load_settings(path)
         logs.apply(settings, mode)
         engine = Engine(settings)
+        if mode != "dev":  # dev logs at debug whatever the yaml says
+            engine.on_logging_level = lambda level: logging.getLogger().setLevel(logs.LEVELS[level])
         await engine.start()
     except (ConfigError, StartupError) as exc:
         for problem in str(exc).splitlines():  # one problem per line, each with its own prefix
