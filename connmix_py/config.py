@@ -401,9 +401,16 @@ _IGNORED_SERVER_KEYS = {
 }
 
 
-def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -> Settings:
+NO_SERVER = ("engine.servers: no server is configured, so no client could connect "
+             "(is it spelled servers:, under engine:?)")
+
+
+def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>",
+                   require_server: bool = False) -> Settings:
     """Validate a parsed connmix.yaml document. Raises one ConfigError with
-    one line per problem; warns once per unknown or ignored key."""
+    one line per problem; warns once per unknown or ignored key.
+    require_server: no server is one of the problems (a file to run; the
+    engine refuses it at start anyway, see check_entries)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -425,6 +432,8 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
     _api_server(settings.api_server, engine.get("apiServer"), report)
     _luavm(settings.luavm, engine.get("luavm"), report)
     _servers(settings, engine, report)
+    if require_server and not settings.servers and engine.get("servers") in (None, []):
+        report.error(NO_SERVER, engine, "servers")
     if not report.errors:  # ports of values that failed would only add noise
         _check_ports(settings, report)
     for line in report.warnings:
@@ -560,15 +569,15 @@ def load_settings(path: str) -> Settings:
         raise ConfigError(_yaml_problem(path, exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid yaml: {exc}") from None
-    return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
+    return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path,
+                          require_server=True)
 
 
 def check_entries(settings: Settings) -> None:
     """There is a server and every entry script exists; raises one
     ConfigError naming the key of each problem."""
     if not settings.servers:
-        raise ConfigError("engine.servers: no server is configured, so no client could connect "
-                          "(is it spelled servers:, under engine:?)")
+        raise ConfigError(NO_SERVER)
     missing = [f"engine.servers[{i}].entry: file not found: "
                + " or ".join(server.entry_candidates or (server.entry,))
                for i, server in enumerate(settings.servers) if not os.path.isfile(server.entry)]

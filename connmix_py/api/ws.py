@@ -84,6 +84,12 @@ class ApiSessions:
 
     def __init__(self) -> None:
         self.open: dict[ApiConsumer, Session] = {}
+        # The access of the latest reload: a session admitted before it but
+        # registered after it (its upgrade was under way) is checked against it.
+        self.access: AccessSettings | None = None
+
+    def admitted(self, session: Session) -> bool:
+        return self.access is None or access.still_admits(self.access, session.user, session.remote)
 
     async def end(self, consumers: list[ApiConsumer], code: int, reason: bytes) -> None:
         for consumer in consumers:
@@ -93,8 +99,8 @@ class ApiSessions:
 
     async def end_revoked(self, settings: AccessSettings) -> int:
         """End (1008) the sessions ``settings`` would no longer let in."""
-        revoked = [consumer for consumer, session in self.open.items()
-                   if not access.still_admits(settings, session.user, session.remote)]
+        self.access = settings
+        revoked = [consumer for consumer, session in self.open.items() if not self.admitted(session)]
         for consumer in revoked:
             user = self.open[consumer].user
             log.warning("api: /ws/v1 session of %s from %s ended: access revoked",
@@ -126,7 +132,10 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
         if request.transport is None:  # the client left during the upgrade
             return ws
         consumer = ApiConsumer(ws, request.transport, queues, node_id)
-        sessions.open[consumer] = Session(request.transport, request.get(access.USER), request.remote)
+        session = Session(request.transport, request.get(access.USER), request.remote)
+        sessions.open[consumer] = session
+        if not sessions.admitted(session):  # revoked while the upgrade was under way
+            await sessions.end([consumer], WSCloseCode.POLICY_VIOLATION, b"access revoked")
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:

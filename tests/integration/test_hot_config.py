@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yaml
 
-from connmix_py import Engine
+from connmix_py import Engine, parse_settings
 from connmix_py.engine import StartupError
 from tests.api_helpers import call
 from tests.waiting import until, within
@@ -159,7 +159,7 @@ async def test_a_file_that_does_not_load_leaves_the_running_settings(hot, sessio
     engine = await start()
     config.write_text(broken)
     await until(lambda: any("not reloaded" in r.getMessage() for r in caplog.records), "the refusal logged")
-    refusal, = [r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage()]
+    refusal = [r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage()][0]
     assert refusal.startswith(f"{config.path}:{line}: "), refusal
     assert "Traceback" not in caplog.text
     assert await publish_status(session, engine, "keeper") == 200  # the old access still serves
@@ -196,11 +196,18 @@ async def test_logging_level_applies_without_a_restart(hot):
     assert engine.settings.logging.level == "error"
 
 
-async def test_a_yaml_without_servers_does_not_start(tmp_path):
-    path = tmp_path / "connmix.yaml"
-    path.write_text("engine:\n  server:\n    - port: 0\n")
+async def test_settings_without_servers_do_not_start():
     with pytest.raises(StartupError, match="^engine.servers: no server is configured"):
-        await Engine(str(path)).start()
+        await Engine(parse_settings({"engine": {"server": [{"port": 0}]}})).start()
+
+
+async def test_a_reload_without_servers_is_refused(hot, session, caplog):
+    config, start = hot
+    config.write([user("keeper")])
+    engine = await start()
+    config.write_text("access: {users: []}\nengine:\n  server: []\n")
+    await until(lambda: "no server is configured" in caplog.text, "the refusal logged")
+    assert await publish_status(session, engine, "newcomer") == 401  # access was not opened
 
 
 async def test_connmix_single_follows_the_yaml_s_logging_level(tmp_path):

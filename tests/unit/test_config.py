@@ -174,8 +174,9 @@ def test_unknown_keys_name_file_line_and_the_close_key(tmp_path, caplog):
             readTimout: 30
             colour: blue
         """)
-    with caplog.at_level(logging.WARNING, logger="connmix.config"):
-        load_settings(path)
+    with caplog.at_level(logging.WARNING, logger="connmix.config"), \
+            pytest.raises(ConfigError, match="^engine.servers: no server is configured"):
+        load_settings(path)  # the typo leaves no server: refused, the warnings say why
     assert sorted(r.getMessage() for r in caplog.records) == [
         f"{path}:3: unknown key engine.server is ignored; did you mean servers?",
         f"{path}:6: unknown key engine.apiServer.readTimout is ignored; did you mean readTimeout?",
@@ -232,6 +233,16 @@ def test_no_server_at_all_is_an_error():
     settings = parse_settings({"engine": {"server": [{"port": 6790}]}})
     with pytest.raises(ConfigError, match=r"^engine\.servers: no server is configured"):
         check_entries(settings)
+
+
+@pytest.mark.parametrize("text", ["engines:\n  servers: [{port: 1}]\n", "engine:\n  servers: []\n", ""])
+def test_a_file_without_servers_is_refused_with_its_other_problems(tmp_path, text):
+    path = write_yaml(tmp_path, "logging: {level: loud}\n" + text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    level, servers = error.value.problems
+    assert level.startswith(f"{path}:1: logging.level: ")
+    assert "engine.servers: no server is configured" in servers
 
 
 def test_every_missing_entry_is_reported(tmp_path):
