@@ -2,7 +2,8 @@
 
 Compiles every .lua file beside each entry script (a syntax error in a module
 not required yet is still reported), then loads each entry as the engine
-would. Nothing listens and nothing connects.
+would, and makes sure logging.filename can be written. Nothing listens,
+nothing connects and no file is created.
 """
 from __future__ import annotations
 
@@ -37,12 +38,34 @@ def syntax_errors(paths: list[str]) -> dict[str, str]:
     return problems
 
 
+def log_file_problem(settings: Settings) -> str | None:
+    """Why logging.filename could not be opened for appending, or None."""
+    path = os.path.join(settings.base_dir, settings.logging.filename)
+    if os.path.isdir(path):
+        return f"logging.filename: {path} is a folder, not a file"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else f"logging.filename: {path} is not writable"
+    # The first existing folder above it is where the missing ones get created.
+    existing = os.path.dirname(path)
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    existing = existing or "."
+    if not os.path.isdir(existing):
+        return f"logging.filename: cannot create {path}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"logging.filename: cannot create {path}: {existing} is not writable"
+    return None
+
+
 def find_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
+    log_problem = log_file_problem(settings)
+    if log_problem is not None:
+        problems.append(log_problem)
     try:
         check_entries(settings)
     except ConfigError as exc:
-        return [str(exc)]
+        return problems + exc.problems
     engine = Engine(settings)
     seen: set[str] = set()
     for server in settings.servers:

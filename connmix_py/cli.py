@@ -31,7 +31,8 @@ def check(path: str) -> int:
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
         return 1
     problems = find_problems(settings)
     for problem in problems:
@@ -50,9 +51,12 @@ async def serve(path: str, mode: str) -> int:
         settings = load_settings(path)
         logs.apply(settings, mode)
         engine = Engine(settings)
+        if mode != "dev":  # dev logs at debug whatever the yaml says
+            engine.on_logging_level = lambda level: logging.getLogger().setLevel(logs.LEVELS[level])
         await engine.start()
     except (ConfigError, StartupError) as exc:
-        log.error("%s", exc)
+        for problem in str(exc).splitlines():  # one problem per line, each with its own prefix
+            log.error("%s", problem)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,14 +1,17 @@
 """connmix.yaml -> typed, validated settings.
 
 CONNMIX's own file loads as it is: keys we do not use are accepted with one
-warning each; a bad value stops start-up with a ConfigError naming the key.
+warning each (file:line, and "did you mean" when one of ours is close); every
+bad value is collected and start-up stops with one ConfigError holding one
+line per problem, each naming the key (and file:line when read from a file).
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -22,7 +25,11 @@ LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
-    """A user mistake in the configuration; the message is one clear line."""
+    """A user mistake in the configuration: one clear line per problem."""
+
+    @property
+    def problems(self) -> list[str]:
+        return str(self).splitlines()
 
 
 @dataclass
@@ -131,6 +138,8 @@ class Settings:
     # ours: the largest payload one publish or send may carry (any API, Lua,
     # Python); a bigger one is refused up front instead of reaching clients.
     max_outbound_message_size: int = 16 * 1024 * 1024
+    # ours: seconds between two looks at the yaml's mtime (hot configuration), 0 = never.
+    config_reload_interval: float = 1.0
     base_dir: str = "."
     source: str = "<settings>"
 
@@ -237,8 +246,6 @@ _LUAVM_KEYS = {"cpuBudget": ("cpu_budget", _positive_seconds),
                "sandbox": ("sandbox", _flag)}
 _QUEUE_KEYS = {"topicSize": ("queue_topic_size", _positive_int),
                "maxTopics": ("queue_max_topics", _positive_int)}
-# Sections CONNMIX has that later parts of the engine read; accepted silently here.
-_KNOWN_SECTIONS = {"luavm", "broker"}
 _HTTP_KEYS = {"maxBodySize": ("http_max_body_size", _positive_int)}
 _LUAVM_SECTIONS = {"queue", "http", "redis"}
 
@@ -265,28 +272,37 @@ _REDIS_KEYS = {"name": ("name", _string), "addr": ("addr", _addr), "password": (
 _USER_KEYS = ("username", "password", "roles", "host")
 
 
-def _access(data: Any, warn: set[str]) -> AccessSettings:
+def _access(data: Any, report: _Report) -> AccessSettings:
     """access: {users: [{username, password, roles, host}]}."""
     if data is None:
         return AccessSettings()
     if not isinstance(data, dict):
-        raise ConfigError(f"access: expected a mapping, got {type(data).__name__}")
-    warn.update(f"access.{key}" for key in data if key != "users")
+        report.error(f"access: expected a mapping, got {type(data).__name__}")
+        return AccessSettings()
+    for key in data:
+        if key != "users":
+            report.unknown(data, key, f"access.{key}", ("users",))
     raw_users = data.get("users") or []
     if not isinstance(raw_users, list):
-        raise ConfigError("access.users: expected a list of {username, password, roles, host}")
+        report.error("access.users: expected a list of {username, password, roles, host}", data, "users")
+        return AccessSettings()
     users: list[AccessUser] = []
     for i, raw in enumerate(raw_users):
         where = f"access.users[{i}]"
         if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected {{username, password, roles, host}}")
-        warn.update(f"{where}.{key}" for key in raw if key not in _USER_KEYS)
-        user = AccessUser(username=_credential(f"{where}.username", raw.get("username")),
-                          password=_credential(f"{where}.password", raw.get("password")),
-                          roles=_roles(f"{where}.roles", raw.get("roles")),
-                          host=_host(f"{where}.host", raw.get("host", "*")))
+            report.error(f"{where}: expected {{username, password, roles, host}}", data, "users")
+            continue
+        for key in raw:
+            if key not in _USER_KEYS:
+                report.unknown(raw, key, f"{where}.{key}", _USER_KEYS)
+        fields = {key: report.value(raw, key, f"{where}.{key}", check) for key, check in
+                  (("username", _credential), ("password", _credential), ("roles", _roles), ("host", _host))}
+        if None in fields.values():
+            continue  # its errors are reported
+        user = AccessUser(**fields)
         if any(other.username == user.username for other in users):
-            raise ConfigError(f"{where}.username: {user.username!r} is defined twice")
+            report.error(f"{where}.username: {user.username!r} is defined twice", raw, "username")
+            continue
         users.append(user)
     return AccessSettings(tuple(users))
 
@@ -321,73 +337,173 @@ def _host(key: str, value: Any) -> HostPattern:
         raise ConfigError(f"{key}: {value!r}: {exc}") from None
 
 
-def _apply(target: Any, data: Any, keys: dict, where: str, warn: set[str]) -> None:
+class _Report:
+    """Every problem of one document: errors (raised together at the end) and
+    warnings (unknown or ignored keys), each with file:line when known."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def where(self, mapping: Any, key: Any) -> str:
+        """'file:line: ' when the yaml loader recorded the key's line, else ''."""
+        line = getattr(mapping, "lines", {}).get(key)
+        return f"{self.source}:{line}: " if line else ""
+
+    def error(self, message: str, mapping: Any = None, key: Any = None) -> None:
+        self.errors.append(self.where(mapping, key) + message)
+
+    def value(self, mapping: dict, key: Any, full: str, check: Callable[[str, Any], Any]) -> Any:
+        """check(full, mapping[key]); None once its error is recorded."""
+        try:
+            return check(full, mapping.get(key))
+        except ConfigError as exc:
+            self.error(str(exc), mapping, key)
+            return None
+
+    def unknown(self, mapping: dict, key: Any, full: str, known: Iterable[str]) -> None:
+        close = difflib.get_close_matches(str(key), list(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        self.warnings.append(f"{self.where(mapping, key) or self.source + ': '}"
+                             f"unknown key {full} is ignored{hint}")
+
+    def ignored(self, mapping: dict, key: str, full: str, why: str) -> None:
+        self.warnings.append(f"{self.where(mapping, key) or self.source + ': '}"
+                             f"{full} is accepted for CONNMIX compatibility and ignored: {why}")
+
+
+def _apply(target: Any, data: Any, keys: dict, where: str, report: _Report,
+           sections: Iterable[str] = ()) -> None:
+    """Validate data's keys into target's attributes; `sections` are keys
+    read elsewhere (neither applied nor unknown)."""
     if data is None:
         return
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    for key, value in data.items():
+        report.error(f"{where}: expected a mapping, got {type(data).__name__}")
+        return
+    for key in data:
+        if key in sections:
+            continue
         full = f"{where}.{key}"
         if key not in keys:
-            warn.add(full)
+            report.unknown(data, key, full, [*keys, *sections])
             continue
         attr, check = keys[key]
-        setattr(target, attr, check(full, value))
+        value = report.value(data, key, full, check)
+        if value is not None:
+            setattr(target, attr, value)
 
 
-def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -> Settings:
-    """Validate a parsed connmix.yaml document. Raises ConfigError."""
+_TOP_KEYS = ("logging", "engine", "access")
+_ENGINE_KEYS = {"maxOutboundMessageSize": ("max_outbound_message_size", _positive_int),
+                "configReloadInterval": ("config_reload_interval", _seconds)}
+# Read by their own code (or, broker, by later parts of the engine).
+_ENGINE_SECTIONS = ("apiServer", "servers", "luavm", "broker", "access")
+# CONNMIX's I/O buffer sizes (gorilla/websocket's): asyncio and the kernel
+# size ours, and mapping 1024 onto SO_RCVBUF/SO_SNDBUF would only slow
+# clients down; maxMessageSize and maxSendQueue are the bounds that matter.
+_IGNORED_SERVER_KEYS = {
+    "readBufferSize": "asyncio sizes its reads itself; maxMessageSize/maxPacketSize bound input",
+    "writeBufferSize": "asyncio buffers writes itself; maxSendQueue bounds output per client",
+}
+
+
+NO_SERVER = ("engine.servers: no server is configured, so no client could connect "
+             "(is it spelled servers:, under engine:?)")
+
+
+def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>",
+                   require_server: bool = False) -> Settings:
+    """Validate a parsed connmix.yaml document. Raises one ConfigError with
+    one line per problem; warns once per unknown or ignored key.
+    require_server: no server is one of the problems (a file to run; the
+    engine refuses it at start anyway, see check_entries)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     settings = Settings(base_dir=os.path.abspath(base_dir), source=source)
-    unknown: set[str] = set()
+    report = _Report(source)
     for key in data:
-        if key not in ("logging", "engine", "access"):
-            unknown.add(key)
-    _apply(settings.logging, data.get("logging"), _LOGGING_KEYS, "logging", unknown)
-    settings.access = _access(data.get("access"), unknown)
+        if key not in _TOP_KEYS:
+            report.unknown(data, key, str(key), _TOP_KEYS)
+    _apply(settings.logging, data.get("logging"), _LOGGING_KEYS, "logging", report)
+    settings.access = _access(data.get("access"), report)
     engine = data.get("engine") or {}
     if not isinstance(engine, dict):
-        raise ConfigError("engine: expected a mapping")
+        report.error("engine: expected a mapping", data, "engine")
+        engine = {}
     if "access" in engine:  # ignoring it would leave the API open to someone who thinks it is not
-        raise ConfigError("engine.access: access belongs at the top level of connmix.yaml")
-    for key in engine:
-        if key not in ("apiServer", "servers", "maxOutboundMessageSize") and key not in _KNOWN_SECTIONS:
-            unknown.add(f"engine.{key}")
-    if "maxOutboundMessageSize" in engine:
-        settings.max_outbound_message_size = _positive_int(
-            "engine.maxOutboundMessageSize", engine["maxOutboundMessageSize"])
-    _apply(settings.api_server, engine.get("apiServer"), _API_KEYS, "engine.apiServer", unknown)
-    luavm = engine.get("luavm") or {}
-    if not isinstance(luavm, dict):
-        raise ConfigError("engine.luavm: expected a mapping")
-    _apply(settings.luavm, {k: v for k, v in luavm.items() if k not in _LUAVM_SECTIONS},
-           _LUAVM_KEYS, "engine.luavm", unknown)
-    _apply(settings.luavm, luavm.get("queue"), _QUEUE_KEYS, "engine.luavm.queue", unknown)
-    _apply(settings.luavm, luavm.get("http"), _HTTP_KEYS, "engine.luavm.http", unknown)
-    redis = luavm.get("redis") or []
+        report.error("engine.access: access belongs at the top level of connmix.yaml", engine, "access")
+    _apply(settings, engine, _ENGINE_KEYS, "engine", report, _ENGINE_SECTIONS)
+    _api_server(settings.api_server, engine.get("apiServer"), report)
+    _luavm(settings.luavm, engine.get("luavm"), report)
+    _servers(settings, engine, report)
+    if require_server and not settings.servers and engine.get("servers") in (None, []):
+        report.error(NO_SERVER, engine, "servers")
+    if not report.errors:  # ports of values that failed would only add noise
+        _check_ports(settings, report)
+    for line in report.warnings:
+        log.warning("%s", line)
+    if report.errors:
+        raise ConfigError("\n".join(report.errors))
+    return settings
+
+
+def _api_server(api: ApiServerSettings, raw: Any, report: _Report) -> None:
+    _apply(api, raw, _API_KEYS, "engine.apiServer", report)
+    if not isinstance(raw, dict):
+        return
+    # Go's ReadTimeout bounds reading a whole request; the head has
+    # handshakeTimeout, so it becomes the body's bound unless that is set.
+    if "readTimeout" in raw and "bodyTimeout" not in raw:
+        if api.read_timeout > 0:
+            api.body_timeout = api.read_timeout
+        else:
+            report.ignored(raw, "readTimeout", "engine.apiServer.readTimeout",
+                           f"0 (no limit) is not offered; request bodies keep bodyTimeout {api.body_timeout:g}s")
+    if "writeTimeout" in raw:
+        report.ignored(raw, "writeTimeout", "engine.apiServer.writeTimeout",
+                       "API responses are small and written without a deadline")
+
+
+def _luavm(luavm: LuaVmSettings, raw: Any, report: _Report) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        report.error("engine.luavm: expected a mapping")
+        return
+    _apply(luavm, raw, _LUAVM_KEYS, "engine.luavm", report, _LUAVM_SECTIONS)
+    _apply(luavm, raw.get("queue"), _QUEUE_KEYS, "engine.luavm.queue", report)
+    _apply(luavm, raw.get("http"), _HTTP_KEYS, "engine.luavm.http", report)
+    redis = raw.get("redis") or []
     if not isinstance(redis, list):
-        raise ConfigError("engine.luavm.redis: expected a list")
-    for i, raw in enumerate(redis):
+        report.error("engine.luavm.redis: expected a list", raw, "redis")
+        return
+    for i, entry_raw in enumerate(redis):
         entry = RedisSettings()
-        _apply(entry, raw, _REDIS_KEYS, f"engine.luavm.redis[{i}]", unknown)
-        if any(other.name == entry.name for other in settings.luavm.redis):
-            raise ConfigError(f"engine.luavm.redis[{i}].name: {entry.name!r} is defined twice")
-        settings.luavm.redis.append(entry)
+        _apply(entry, entry_raw, _REDIS_KEYS, f"engine.luavm.redis[{i}]", report)
+        if any(other.name == entry.name for other in luavm.redis):
+            report.error(f"engine.luavm.redis[{i}].name: {entry.name!r} is defined twice", entry_raw, "name")
+            continue
+        luavm.redis.append(entry)
+
+
+def _servers(settings: Settings, engine: dict, report: _Report) -> None:
     servers = engine.get("servers") or []
     if not isinstance(servers, list):
-        raise ConfigError("engine.servers: expected a list")
+        report.error("engine.servers: expected a list", engine, "servers")
+        return
     for i, raw in enumerate(servers):
         server = ServerSettings()
-        _apply(server, raw, _SERVER_KEYS, f"engine.servers[{i}]", unknown)
+        _apply(server, raw, _SERVER_KEYS, f"engine.servers[{i}]", report)
         server.entry, server.entry_candidates = resolve_entry(server.entry, settings.base_dir)
         settings.servers.append(server)
-    _check_ports(settings)
-    for key in sorted(unknown):
-        log.warning("%s: unknown key %s is ignored", source, key)
-    return settings
+    for key, why in _IGNORED_SERVER_KEYS.items():  # once per key, at its first use
+        first = next((i for i, raw in enumerate(servers) if isinstance(raw, dict) and key in raw), None)
+        if first is not None:
+            report.ignored(servers[first], key, f"engine.servers[{first}].{key}", why)
 
 
 def resolve_entry(entry: str, yaml_dir: str) -> tuple[str, tuple[str, ...]]:
@@ -402,37 +518,76 @@ def resolve_entry(entry: str, yaml_dir: str) -> tuple[str, tuple[str, ...]]:
     return found, candidates
 
 
-def _check_ports(settings: Settings) -> None:
+def _check_ports(settings: Settings, report: _Report) -> None:
     """Two listeners on one port (0, any free port, excepted)."""
     owners = {settings.api_server.port: "engine.apiServer.port"} if settings.api_server.port else {}
     for i, server in enumerate(settings.servers):
         key = f"engine.servers[{i}].port"
         if server.port in owners:
-            raise ConfigError(f"{key}: port {server.port} is already used by {owners[server.port]}")
-        if server.port:
+            report.error(f"{key}: port {server.port} is already used by {owners[server.port]}")
+        elif server.port:
             owners[server.port] = key
+
+
+class _Located(dict):
+    """A yaml mapping that remembers the line of each of its keys."""
+    lines: dict[Any, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, with mappings that know their keys' lines."""
+
+
+def _located_mapping(loader: _LineLoader, node: yaml.MappingNode):
+    data = _Located()
+    yield data  # first, as PyYAML's own: anchors may refer to it
+    data.update(loader.construct_mapping(node))
+    data.lines = {loader.construct_object(key): key.start_mark.line + 1 for key, _ in node.value}
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _located_mapping)
+
+
+def _yaml_problem(path: str, exc: yaml.MarkedYAMLError) -> str:
+    """file:line: what is wrong, in words, and where the broken part began."""
+    mark = exc.problem_mark
+    where = f"{path}:{mark.line + 1}" if mark else path
+    text = f"{where}: invalid yaml: {exc.problem or exc}"
+    if mark:
+        text += f" (column {mark.column + 1})"
+    if exc.context and exc.context_mark and (mark is None or exc.context_mark.line != mark.line):
+        text += f", {exc.context} that starts at line {exc.context_mark.line + 1}"
+    if "\\t" in str(exc.problem):
+        text += "; YAML indents with spaces, never tabs"
+    elif "<block" in str(exc.problem):  # PyYAML's words for an indentation mistake
+        text += "; check this line's indentation against the lines above"
+    return text
 
 
 def load_settings(path: str) -> Settings:
     """Read and validate a connmix.yaml file. Raises ConfigError."""
     try:
         with open(path, "rb") as f:  # bytes: yaml detects the encoding and reports bad bytes
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_LineLoader)  # noqa: S506 (a SafeLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.reader.ReaderError as exc:  # bad bytes: no line to point at
+        raise ConfigError(f"{path}: not {exc.encoding} text at byte {exc.position}: {exc.reason}") from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(_yaml_problem(path, exc)) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        if isinstance(exc, yaml.reader.ReaderError):  # bad bytes: no line to point at
-            raise ConfigError(f"{path}: not {exc.encoding} text at byte {exc.position}: "
-                              f"{exc.reason}") from None
-        raise ConfigError(f"{where}: invalid yaml: {getattr(exc, 'problem', None) or exc}") from None
-    return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
+        raise ConfigError(f"{path}: invalid yaml: {exc}") from None
+    return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path,
+                          require_server=True)
 
 
 def check_entries(settings: Settings) -> None:
-    """Every entry script must exist; raises ConfigError naming the key."""
-    for i, server in enumerate(settings.servers):
-        if not os.path.isfile(server.entry):
-            tried = " or ".join(server.entry_candidates or (server.entry,))
-            raise ConfigError(f"engine.servers[{i}].entry: file not found: {tried}")
+    """There is a server and every entry script exists; raises one
+    ConfigError naming the key of each problem."""
+    if not settings.servers:
+        raise ConfigError(NO_SERVER)
+    missing = [f"engine.servers[{i}].entry: file not found: "
+               + " or ".join(server.entry_candidates or (server.entry,))
+               for i, server in enumerate(settings.servers) if not os.path.isfile(server.entry)]
+    if missing:
+        raise ConfigError("\n".join(missing))

@@ -9,6 +9,7 @@ configuration. The CLI and the tests use it the same way:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Callable
 
@@ -19,6 +20,7 @@ from .api import access, discovery, request_log
 from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
+from .hot_config import ConfigWatcher, RestartNotes, restart_keys, watchable
 from .hub import Hub
 from .ids import ClientIds
 from .lua.vm import LuaLoadError, LuaVM
@@ -55,6 +57,12 @@ class Engine:
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task] = []
         self._undo_accept_logging: Callable[[], None] | None = None
+        self._api_sessions: ws_api.ApiSessions | None = None
+        # Hot configuration; the CLI sets on_logging_level where the yaml's level rules.
+        self._config_watcher = (ConfigWatcher(self.settings.source, self.settings.config_reload_interval,
+                                              self.apply_settings) if watchable(self.settings) else None)
+        self._restart_notes = RestartNotes()
+        self.on_logging_level: Callable[[str], None] | None = None
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -92,6 +100,8 @@ class Engine:
             for server, vm in zip(self.settings.servers, self.vms, strict=True):
                 if server.byte_code_expires > 0:
                     self._watchers.append(asyncio.create_task(self._watch(vm, server.byte_code_expires)))
+            if self._config_watcher is not None:
+                self._watchers.append(asyncio.create_task(self._config_watcher.run()))
         except OSError as exc:
             await self.stop()
             raise StartupError(f"{where}.port: cannot listen: {exc.strerror or exc}") from None
@@ -105,7 +115,7 @@ class Engine:
                                            access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats)
         discovery.add_routes(app, api.bind, lambda: self.api_port)
-        ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
+        self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
                                                           api.body_timeout))
         await self._api_runner.setup()
@@ -124,6 +134,25 @@ class Engine:
         while True:
             await asyncio.sleep(every)
             vm.reload_if_changed()
+
+    async def apply_settings(self, new: Settings) -> None:
+        """A reloaded configuration: access and logging.level apply now (the
+        /ws/v1 sessions of a revoked user end); any other change is logged,
+        once, as waiting for a restart."""
+        running = self.settings
+        for key in self._restart_notes.new(restart_keys(running, new)):
+            log.warning("%s: %s changed; it applies at the next restart", running.source, key)
+        # One assignment: a request sees the old settings or the new, never a mix.
+        self.settings = dataclasses.replace(
+            running, access=new.access, logging=dataclasses.replace(running.logging, level=new.logging.level))
+        if new.logging.level != running.logging.level:
+            if self.on_logging_level is not None:
+                self.on_logging_level(new.logging.level)
+            log.info("%s: logging.level is now %s", running.source, new.logging.level)
+        if new.access != running.access:
+            log.info("%s: access reloaded, %d user(s)", running.source, len(new.access.users))
+            if self._api_sessions is not None:
+                await self._api_sessions.end_revoked(new.access)
 
     async def stop(self) -> None:
         for watcher in self._watchers:

@@ -10,7 +10,9 @@ Order: no or wrong credentials -> 401 with ``WWW-Authenticate``; right
 credentials from a host outside the user's pattern, or without the role the
 request needs -> 403. GET and HEAD need ``read``; everything else, and a
 WebSocket upgrade (the API's WebSocket publishes, sends and consumes), needs
-``write``. Passwords are compared in constant time and never logged.
+``write``. Passwords are compared in constant time and never logged. The
+admitted user is kept on the request (``USER``) so a /ws/v1 session can be
+ended when a reload revokes it (``still_admits``).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ OPEN_PATHS = frozenset({"/healthz"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The AccessUser a request was admitted as; absent while access is open.
+USER = web.RequestKey("access_user", AccessUser)
 
 
 def required_role(request: web.Request) -> str:
@@ -116,5 +120,20 @@ def middleware(current: Callable[[], AccessSettings]):
         if role not in user.roles:
             log.warning("api: user %r lacks role %s for %s %s", user.username, role, request.method, request.path)
             return _refuse(403, f"forbidden: user {user.username!r} lacks the {role} role")
+        request[USER] = user
         return await handler(request)
     return check_access
+
+
+def still_admits(settings: AccessSettings, user: AccessUser | None, remote: str | None) -> bool:
+    """Whether a /ws/v1 session opened as ``user`` from ``remote`` (user
+    None: access was open then) would be let in by ``settings``: the user
+    is still there with the same password, the write role and a host
+    pattern matching the session's address."""
+    if not settings.users:
+        return True
+    if user is None:
+        return False
+    now = next((other for other in settings.users if other.username == user.username), None)
+    return (now is not None and now.password == user.password and "write" in now.roles
+            and now.host.matches(remote))

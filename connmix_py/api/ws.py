@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..config import AccessSettings, AccessUser
 from ..queue import Queues
 from ..servers.rfc6455 import ServerWebSocketResponse, unsupported_version
-from . import queue_consumer, requests
+from . import access, queue_consumer, requests
 from .conn_call import conn_call
 from .queue_consumer import ApiConsumer
 from .requests import ApiError, invalid
@@ -67,20 +69,58 @@ def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None)
         return orjson.dumps({"E": error.body(), "i": request_id})
 
 
-async def _close_within_grace(ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
-    """Close with 1001; abort the connection if the close cannot flush in time."""
+@dataclass(frozen=True)
+class Session:
+    """An open /ws/v1 connection: its transport (to abort one whose close
+    cannot flush), and who opened it from where (to end it on revocation)."""
+    transport: asyncio.Transport
+    user: AccessUser | None
+    remote: str | None
+
+
+class ApiSessions:
+    """The open /ws/v1 connections. Every one may consume: each has its
+    (idle) consumer."""
+
+    def __init__(self) -> None:
+        self.open: dict[ApiConsumer, Session] = {}
+        # The access of the latest reload: a session admitted before it but
+        # registered after it (its upgrade was under way) is checked against it.
+        self.access: AccessSettings | None = None
+
+    def admitted(self, session: Session) -> bool:
+        return self.access is None or access.still_admits(self.access, session.user, session.remote)
+
+    async def end(self, consumers: list[ApiConsumer], code: int, reason: bytes) -> None:
+        for consumer in consumers:
+            consumer.close()
+        await asyncio.gather(*(_close_within_grace(c.ws, self.open[c].transport, code, reason)
+                               for c in consumers if c in self.open), return_exceptions=True)
+
+    async def end_revoked(self, settings: AccessSettings) -> int:
+        """End (1008) the sessions ``settings`` would no longer let in."""
+        self.access = settings
+        revoked = [consumer for consumer, session in self.open.items() if not self.admitted(session)]
+        for consumer in revoked:
+            user = self.open[consumer].user
+            log.warning("api: /ws/v1 session of %s from %s ended: access revoked",
+                        repr(user.username) if user else "an anonymous client", self.open[consumer].remote)
+        await self.end(revoked, WSCloseCode.POLICY_VIOLATION, b"access revoked")
+        return len(revoked)
+
+
+async def _close_within_grace(ws: web.WebSocketResponse, transport: asyncio.Transport,
+                              code: int, reason: bytes) -> None:
+    """Close with code; abort the connection if the close cannot flush in time."""
     try:
-        await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down"),
-                               CLOSE_GRACE)
+        await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_GRACE)
     except asyncio.TimeoutError:
         transport.abort()
 
 
-def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id: int = 1) -> None:
+def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id: int = 1) -> ApiSessions:
     queues = queues if queues is not None else Queues(2000, 100)
-    # Every API connection may consume: each has its (idle) consumer. The
-    # transport is kept to abort a connection whose close cannot flush.
-    connections: dict[ApiConsumer, asyncio.Transport] = {}
+    sessions = ApiSessions()
 
     async def websocket_api(request: web.Request) -> web.StreamResponse:
         refused = unsupported_version(request)
@@ -92,7 +132,10 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
         if request.transport is None:  # the client left during the upgrade
             return ws
         consumer = ApiConsumer(ws, request.transport, queues, node_id)
-        connections[consumer] = request.transport
+        session = Session(request.transport, request.get(access.USER), request.remote)
+        sessions.open[consumer] = session
+        if not sessions.admitted(session):  # revoked while the upgrade was under way
+            await sessions.end([consumer], WSCloseCode.POLICY_VIOLATION, b"access revoked")
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -103,18 +146,15 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
                 elif msg.type is WSMsgType.BINARY:
                     await ws.send_frame(handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
         finally:
-            connections.pop(consumer, None)
+            sessions.open.pop(consumer, None)
             consumer.close()
         return ws
 
     async def close_all(app: web.Application) -> None:
         # Without this, shutting the API down waits for every open API
         # connection to end by itself (aiohttp's 60 s shutdown timeout).
-        open_now = list(connections.items())
-        for consumer, _ in open_now:
-            consumer.close()
-        await asyncio.gather(*(_close_within_grace(c.ws, transport) for c, transport in open_now),
-                             return_exceptions=True)
+        await sessions.end(list(sessions.open), WSCloseCode.GOING_AWAY, b"server shutting down")
 
     app.on_shutdown.append(close_all)
     app.router.add_get("/ws/v1", websocket_api)
+    return sessions

@@ -88,7 +88,7 @@ def test_bad_top_level_values_name_the_key(tmp_path):
     assert_one_clear_line(connmix("check", "-f", str(config)), "logging.level")
     config.write_text("engine:\n  servers: {port: 1}\n")
     assert_one_clear_line(connmix("check", "-f", str(config)), "engine.servers")
-    config.write_text("engine:\n  apiServer: [1, 2]\n")
+    config.write_text("engine:\n  apiServer: [1, 2]\n  servers: [{port: 1}]\n")  # no server: a 2nd problem
     assert_one_clear_line(connmix("check", "-f", str(config)), "engine.apiServer")
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 
 import pytest
 import yaml
 
+from connmix_py.checker import log_file_problem
 from connmix_py.config import ConfigError, check_entries, load_settings, parse_settings
 
 # The configuration reference of SPEC section 2, as CONNMIX users write it.
@@ -46,11 +48,15 @@ def one_server(**keys) -> dict:
     return {"engine": {"servers": [server]}}
 
 
-def test_connmix_reference_file_loads_without_warnings(caplog, tmp_path, monkeypatch):
+def test_connmix_reference_file_loads_warning_only_of_ignored_keys(caplog, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no lua/ in the working directory: the yaml's folder's path stands
     with caplog.at_level(logging.WARNING, logger="connmix.config"):
         settings = parse(CONNMIX_YAML)
-    assert caplog.records == []
+    # Accepted for compatibility, no effect: said once each, not silently.
+    ignored = sorted(r.getMessage().split(" is accepted")[0] for r in caplog.records)
+    assert ignored == ["connmix.yaml: engine.apiServer.writeTimeout", "connmix.yaml: engine.servers[0].readBufferSize",
+                       "connmix.yaml: engine.servers[0].writeBufferSize"]
+    assert all("for CONNMIX compatibility and ignored: " in r.getMessage() for r in caplog.records)
     assert (settings.logging.level, settings.logging.max_files) == ("debug", 7)
     assert (settings.api_server.port, settings.api_server.read_timeout) == (6789, 60.0)
     server = settings.servers[0]
@@ -150,6 +156,131 @@ def test_load_settings_reports_file_problems(tmp_path):
     binary.write_bytes(b"engine: \xff\n")
     with pytest.raises(ConfigError, match=r"binary\.yaml: not utf-8 text at byte 8"):
         load_settings(str(binary))
+
+
+def write_yaml(tmp_path, text: str) -> str:
+    path = tmp_path / "connmix.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_unknown_keys_name_file_line_and_the_close_key(tmp_path, caplog):
+    path = write_yaml(tmp_path, """\
+        logging: { level: info }
+        engine:
+          server:
+            - port: 6790
+          apiServer:
+            readTimout: 30
+            colour: blue
+        """)
+    with caplog.at_level(logging.WARNING, logger="connmix.config"), \
+            pytest.raises(ConfigError, match="^engine.servers: no server is configured"):
+        load_settings(path)  # the typo leaves no server: refused, the warnings say why
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"{path}:3: unknown key engine.server is ignored; did you mean servers?",
+        f"{path}:6: unknown key engine.apiServer.readTimout is ignored; did you mean readTimeout?",
+        f"{path}:7: unknown key engine.apiServer.colour is ignored",
+    ]
+
+
+def test_every_problem_is_reported_each_with_file_line(tmp_path):
+    path = write_yaml(tmp_path, """\
+        logging: { level: loud }
+        access:
+          users:
+            - { username: u, password: 1234, roles: [admin] }
+        engine:
+          servers:
+            - port: -1
+              protocol: mqtt
+            - port: 6791
+              readTimeout: soon
+        """)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert error.value.problems == [
+        f"{path}:1: logging.level: expected one of debug, info, warn, error, got 'loud'",
+        f"{path}:4: access.users[0].password: expected a non-empty string (quote numbers)",
+        f"{path}:4: access.users[0].roles: unknown role 'admin' (expected read or write)",
+        f"{path}:7: engine.servers[0].port: expected a port number 0-65535, got -1",
+        f"{path}:8: engine.servers[0].protocol: unknown protocol 'mqtt' (expected websocket or socket)",
+        f"{path}:10: engine.servers[1].readTimeout: expected a number of seconds >= 0, got 'soon'",
+    ]
+    assert "1234" not in str(error.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("engine:\n  servers:\n    - entry: 'lua/a.lua\n      port: 1\n",
+     r"connmix\.yaml:5: invalid yaml: found unexpected end of stream \(column 1\), "
+     r"while scanning a quoted scalar that starts at line 3$"),
+    ("engine:\n\tservers: []\n",
+     r"connmix\.yaml:2: invalid yaml: found character '\\t' that cannot start any token \(column 1\)"
+     r".*; YAML indents with spaces, never tabs$"),
+    ("engine:\n  servers:\n  - port: 1\n   bind: x\n",
+     r"connmix\.yaml:4: invalid yaml: expected <block end>, but found '<block mapping start>' \(column 4\), "
+     r"while parsing a block mapping that starts at line 2; check this line's indentation"),
+])
+def test_yaml_syntax_errors_name_file_line_in_words(tmp_path, text, expected):
+    path = tmp_path / "connmix.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected) as error:
+        load_settings(str(path))
+    assert len(error.value.problems) == 1
+
+
+def test_no_server_at_all_is_an_error():
+    settings = parse_settings({"engine": {"server": [{"port": 6790}]}})
+    with pytest.raises(ConfigError, match=r"^engine\.servers: no server is configured"):
+        check_entries(settings)
+
+
+@pytest.mark.parametrize("text", ["engines:\n  servers: [{port: 1}]\n", "engine:\n  servers: []\n", ""])
+def test_a_file_without_servers_is_refused_with_its_other_problems(tmp_path, text):
+    path = write_yaml(tmp_path, "logging: {level: loud}\n" + text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    level, servers = error.value.problems
+    assert level.startswith(f"{path}:1: logging.level: ")
+    assert "engine.servers: no server is configured" in servers
+
+
+def test_every_missing_entry_is_reported(tmp_path):
+    settings = parse_settings({"engine": {"servers": [{"port": 1, "entry": "a.lua"}, {"port": 2, "entry": "b.lua"}]}},
+                              base_dir=str(tmp_path))
+    with pytest.raises(ConfigError) as error:
+        check_entries(settings)
+    assert [p.split(":")[0] for p in error.value.problems] == ["engine.servers[0].entry", "engine.servers[1].entry"]
+
+
+@pytest.mark.parametrize("api, body_timeout, warned", [
+    ({"readTimeout": 30}, 30.0, False),            # Go's ReadTimeout: the whole request; the head has its own
+    ({"readTimeout": 30, "bodyTimeout": 5}, 5.0, False),  # ours, when given, wins
+    ({"readTimeout": 0}, 60.0, True),              # "no limit" is not offered: said, not silent
+    ({}, 60.0, False),
+])
+def test_api_read_timeout_bounds_the_request_body(caplog, api, body_timeout, warned):
+    with caplog.at_level(logging.WARNING, logger="connmix.config"):
+        settings = parse_settings({"engine": {"apiServer": api}})
+    assert settings.api_server.body_timeout == body_timeout
+    assert any("readTimeout" in r.getMessage() for r in caplog.records) == warned
+
+
+@pytest.mark.parametrize("filename, problem", [
+    ("logs/connmix.log", None),
+    ("logs", "is a folder"),
+    ("blocker/connmix.log", "blocker is a file, not a folder"),
+    ("blocker/deeper/connmix.log", "blocker is a file, not a folder"),
+])
+def test_check_catches_a_log_file_that_cannot_be_opened(tmp_path, filename, problem):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "blocker").write_text("")
+    settings = parse_settings({"logging": {"filename": filename}}, base_dir=str(tmp_path))
+    found = log_file_problem(settings)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith("logging.filename: ") and problem in found
 
 
 def test_load_settings_resolves_entry_beside_the_file(tmp_path):
