@@ -60,7 +60,7 @@ class Connection:
     __slots__ = (
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
-        "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
+        "closing", "close_code", "close_err", "sent_total", "frames_sent", "blocked_since", "block_mark",
         "big_frames", "encoder", "script_frames", "session", "_pending", "_closer", "_loop",
     )
 
@@ -86,6 +86,7 @@ class Connection:
         self.close_code: int | None = None
         self.close_err: str | None = None
         self.sent_total = 0
+        self.frames_sent = 0  # with sent_total: the metrics' frames and bytes out
         self.blocked_since: float | None = None
         self.block_mark = 0
         # (start, end) offsets in sent_total of big frames still queued.
@@ -179,6 +180,7 @@ class Connection:
         transport.write(frame)
         start = self.sent_total
         self.sent_total += len(frame)
+        self.frames_sent += 1
         queued = transport.get_write_buffer_size()
         if queued:
             if len(frame) >= _BIG_FRAME:

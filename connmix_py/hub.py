@@ -14,24 +14,30 @@ from __future__ import annotations
 from typing import Iterator
 
 from .conn import Connection, EncodeError, Encoder, PayloadError
+from .metrics import Metrics
 
 # engine.maxOutboundMessageSize's default: what the HTTP API accepts as a body.
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
 class Hub:
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None) -> None:
         self.max_payload = max_payload
+        self.metrics = metrics or Metrics()
         self.conns: dict[str, Connection] = {}
         self.channels: dict[str, dict[Encoder, set[Connection]]] = {}
         self.subscriptions = 0
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.client_id] = conn
+        counters = getattr(conn.server, "counters", None)
+        if counters is not None:
+            counters.accepted += 1
 
     def remove(self, conn: Connection) -> None:
         """Forget a closed connection and all its subscriptions."""
-        self.conns.pop(conn.client_id, None)
+        if self.conns.pop(conn.client_id, None) is not None:
+            self.metrics.connection_closed(conn)
         for channel in list(conn.channels):
             self.unsubscribe(conn, channel)
 
@@ -79,8 +85,10 @@ class Hub:
         """Encode once per encoder, write to every subscriber; (delivered, failed).
         Raises PayloadError (nothing written) when the payload is refused."""
         self.check_size(data)
+        metrics = self.metrics
         groups = self.channels.get(channel)
         if not groups:
+            metrics.publishes += 1
             return 0, 0
         delivered = failed = 0
         # Every group is encoded before anything is written, so a refused
@@ -92,12 +100,16 @@ class Hub:
                 encoded.append((encoder(data, binary, None), tuple(members)))
             except EncodeError:  # the encoder logged why
                 failed += len(members)
+        metrics.publishes += 1
         for wire, receivers in encoded:
             for conn in receivers:
                 if conn.write_frame(wire):
                     delivered += 1
                 else:
                     failed += 1
+        # Counted once per publish, not per delivery (the fan-out loop stays as it was).
+        metrics.deliveries += delivered
+        metrics.delivery_failures += failed
         return delivered, failed
 
     def stats(self) -> dict[str, int]:

@@ -1,0 +1,251 @@
+"""The engine's Prometheus metrics (GET /metrics on the apiServer).
+
+Counting happens where the thing happens, into plain Python ints of one
+Metrics object handed to the hub, the servers, the Lua VMs and the queues;
+nothing is allocated for it per delivery. prometheus_client's own Counter
+and Histogram take a lock per update, so they are not used on those paths:
+a custom collector reads the ints, and computes the gauges (connections,
+channels, queue depth) from the live state, only when /metrics is scraped.
+Each engine has its own CollectorRegistry, so engines in one process do not
+clash.
+
+Names follow CONNMIX's where it has one (SPEC 8: connmix_engine_servers_*);
+the rest are ours, under connmix_. Every label has a small bounded set of
+values: servers (their protocol and port), scripts (one per server), close
+reasons (CLOSE_REASONS), queue topics (at most luavm.queue.maxTopics).
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from .conn import Connection
+    from .hub import Hub
+    from .queue import Queues
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Why a connection ended: the label values of connmix_connections_closed_total,
+# picked from the close reason's text by its first words (CLOSE_REASON_PREFIXES).
+CLOSE_REASONS = ("client", "server", "refused", "slow_client", "read_timeout", "protocol_error",
+                 "lua_error", "lost", "shutdown", "other")
+CLOSE_REASON_PREFIXES = (
+    ("slow client", "slow_client"),
+    ("read timeout", "read_timeout"),
+    ("lua error", "lua_error"),
+    ("connection lost", "lost"),
+    ("server shutting down", "shutdown"),
+    ("handshake refused", "refused"),
+    ("disconnected by protocol_input", "server"),
+    ("protocol error", "protocol_error"),
+    ("invalid utf-8", "protocol_error"),
+    ("message too big", "protocol_error"),
+    ("packet too big", "protocol_error"),
+    ("packet timeout", "protocol_error"),
+    ("connection closed by the client inside a packet", "protocol_error"),
+)
+HANDSHAKE_REFUSED = "handshake refused"
+
+# Seconds; a callback that returns at once takes a few microseconds.
+CALLBACK_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+def close_reason(conn: Connection) -> str:
+    """The label for why conn ended, from its close error and code."""
+    err = conn.close_err
+    if err is None:
+        # No error: the client closed (a close frame, or a socket's EOF), or
+        # the server did (conn:close, the API) and the code says so.
+        session = conn.session
+        if conn.close_code is None or (session is not None and getattr(session, "eof", False)):
+            return "client"
+        return "server"
+    lowered = err.lower()
+    for prefix, reason in CLOSE_REASON_PREFIXES:
+        if lowered.startswith(prefix):
+            return reason
+    return "other"
+
+
+class ServerCounters:
+    """One server's traffic. In-counts are added by the server as frames
+    arrive; out-counts live on each Connection (sent_total, frames_sent) and
+    are folded in here when the connection ends."""
+
+    __slots__ = ("server", "accepted", "closed", "messages_in", "bytes_in", "messages_out", "bytes_out")
+
+    def __init__(self, server: Any) -> None:
+        self.server = server  # read for its protocol, port and open connections at scrape time
+        self.accepted = 0
+        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0  # of connections that have ended
+        self.bytes_out = 0
+
+
+class ScriptCounters:
+    """One entry script's Lua errors, budget stops and callback durations."""
+
+    __slots__ = ("errors", "budget_stops", "buckets", "count", "seconds")
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.budget_stops = 0
+        self.buckets = [0] * (len(CALLBACK_BUCKETS) + 1)  # the last one is +Inf
+        self.count = 0
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(CALLBACK_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.seconds += seconds
+
+    def failed(self, message: str) -> None:
+        """A callback ended with an error: a budget stop or a Lua error."""
+        if "budget" in message:
+            self.budget_stops += 1
+        else:
+            self.errors += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.servers: list[ServerCounters] = []
+        self.scripts: dict[str, ScriptCounters] = {}
+        self.publishes = 0
+        self.deliveries = 0
+        self.delivery_failures = 0
+        self.queue_pushes = 0
+        self.queue_refused = 0
+        self.hub: Hub | None = None
+        self.queues: Queues | None = None
+        # A broker (issue 10) reports here: () -> 1 connected, 0 not.
+        self.broker_state: Callable[[], float] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def watch(self, hub: Hub, queues: Queues) -> None:
+        """The live state the gauges are computed from at scrape time."""
+        self.hub, self.queues = hub, queues
+
+    def server(self, server: Any) -> ServerCounters:
+        counters = ServerCounters(server)
+        self.servers.append(counters)
+        return counters
+
+    def script(self, name: str) -> ScriptCounters:
+        counters = self.scripts.get(name)
+        if counters is None:
+            counters = self.scripts[name] = ScriptCounters()
+        return counters
+
+    def connection_closed(self, conn: Connection) -> None:
+        """Count conn's end and fold its out-traffic into its server's totals."""
+        counters = getattr(conn.server, "counters", None)
+        if counters is None:
+            return
+        counters.closed[close_reason(conn)] += 1
+        counters.messages_out += conn.frames_sent
+        counters.bytes_out += conn.sent_total
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _server_labels(counters: ServerCounters) -> list[str]:
+    server = counters.server
+    return [server.settings.protocol, str(server.port)]
+
+
+class _Collector:
+    """Turns the Metrics ints and the live state into metric families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._servers()
+        yield from self._hub()
+        yield from self._scripts()
+        yield from self._queues()
+        state = self.metrics.broker_state
+        if state is not None:
+            yield GaugeMetricFamily("connmix_broker_connected", "1 when the broker is connected, else 0",
+                                    value=state())
+
+    def _servers(self) -> Iterator[Any]:
+        labels = ["protocol", "port"]
+        clients = GaugeMetricFamily("connmix_engine_servers_clients", "Open client connections", labels=labels)
+        accepted = CounterMetricFamily("connmix_connections_accepted", "Client connections accepted",
+                                       labels=labels)
+        closed = CounterMetricFamily("connmix_connections_closed", "Client connections ended, by reason",
+                                     labels=labels + ["reason"])
+        read = CounterMetricFamily("connmix_engine_servers_read_messages", "Messages received from clients "
+                                   "(websocket messages; socket reads)", labels=["protocol", "port"])
+        read_bytes = CounterMetricFamily("connmix_engine_servers_read_bytes", "Payload bytes received from clients",
+                                         labels=labels)
+        sent = CounterMetricFamily("connmix_engine_servers_send_messages", "Frames written to clients",
+                                   labels=labels)
+        sent_bytes = CounterMetricFamily("connmix_engine_servers_send_bytes", "Wire bytes written to clients",
+                                         labels=labels)
+        for counters in self.metrics.servers:
+            server_labels = _server_labels(counters)
+            live = tuple(counters.server.conns)
+            clients.add_metric(server_labels, len(live))
+            accepted.add_metric(server_labels, counters.accepted)
+            for reason, count in counters.closed.items():
+                closed.add_metric(server_labels + [reason], count)
+            read.add_metric(server_labels, counters.messages_in)
+            read_bytes.add_metric(server_labels, counters.bytes_in)
+            sent.add_metric(server_labels, counters.messages_out + sum(c.frames_sent for c in live))
+            sent_bytes.add_metric(server_labels, counters.bytes_out + sum(c.sent_total for c in live))
+        return iter((clients, accepted, closed, read, read_bytes, sent, sent_bytes))
+
+    def _hub(self) -> Iterator[Any]:
+        metrics, hub = self.metrics, self.metrics.hub
+        if hub is not None:
+            yield GaugeMetricFamily("connmix_channels", "Channels with at least one subscriber",
+                                    value=len(hub.channels))
+            yield GaugeMetricFamily("connmix_subscriptions", "Subscriptions (connection, channel)",
+                                    value=hub.subscriptions)
+        yield CounterMetricFamily("connmix_publishes", "Publishes (mesh.publish, the APIs)",
+                                  value=metrics.publishes)
+        yield CounterMetricFamily("connmix_deliveries", "Publish deliveries written to subscribers",
+                                  value=metrics.deliveries)
+        yield CounterMetricFamily("connmix_delivery_failures", "Publish deliveries that failed "
+                                  "(closed or slow subscriber, encoding failed)", value=metrics.delivery_failures)
+
+    def _scripts(self) -> Iterator[Any]:
+        errors = CounterMetricFamily("connmix_lua_errors", "Lua callbacks that failed with an error",
+                                     labels=["script"])
+        stops = CounterMetricFamily("connmix_lua_budget_stops", "Lua callbacks stopped by the CPU or "
+                                    "memory budget", labels=["script"])
+        duration = HistogramMetricFamily("connmix_lua_callback_duration_seconds", "Time in Lua per callback run "
+                                         "(a waiting callback: each run between its waits)", labels=["script"])
+        bounds = [repr(b) for b in CALLBACK_BUCKETS] + ["+Inf"]
+        for name, counters in self.metrics.scripts.items():
+            errors.add_metric([name], counters.errors)
+            stops.add_metric([name], counters.budget_stops)
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counters.buckets, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            duration.add_metric([name], cumulative, counters.seconds)
+        return iter((errors, stops, duration))
+
+    def _queues(self) -> Iterator[Any]:
+        metrics, queues = self.metrics, self.metrics.queues
+        if queues is not None:
+            depth = GaugeMetricFamily("connmix_queue_items", "Items waiting in a mix.queue topic "
+                                      "(topics holding items, at most luavm.queue.maxTopics)", labels=["topic"])
+            for topic, items in list(queues.topics.items()):
+                depth.add_metric([topic], len(items))
+            yield depth
+        yield CounterMetricFamily("connmix_queue_pushes", "Items pushed to mix.queue", value=metrics.queue_pushes)
+        yield CounterMetricFamily("connmix_queue_refused", "Pushes refused (queue full)", value=metrics.queue_refused)

@@ -1,0 +1,171 @@
+"""GET /metrics (issue 11, metrics): Prometheus text that moves as clients
+connect, send, subscribe, get publishes, fail in Lua, read too slowly and
+close; behind access control like every GET of the API."""
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_access import basic, start_guarded
+from tests.raw_websocket import RawWebSocket
+from tests.waiting import until
+
+SCRIPT = """
+function on_message(msg)
+    local c = mix.websocket()
+    if msg.data:sub(1, 4) == "sub:" then
+        c:subscribe(msg.data:sub(5))
+        c:send("subscribed")
+    elseif msg.data == "boom" then
+        error("boom")
+    elseif msg.data == "spin" then
+        while true do end
+    elseif msg.data == "push" then
+        mix.queue.push("jobs", "job")
+        c:send("pushed")
+    else
+        c:send(msg.data)
+    end
+end
+"""
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+async def scrape(running, headers=None) -> Samples:
+    async with running.session.get(running.api_url + "/metrics", headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample of that name whose labels include these (0 when absent)."""
+    wanted = set(labels.items())
+    found = [v for (n, ls), v in samples.items() if n == name and wanted <= ls]
+    assert len(found) <= 1, f"{name} {labels} matches several samples"
+    return found[0] if found else 0.0
+
+
+async def test_the_numbers_move_as_a_scenario_runs(start_engine):
+    running = await start_engine(SCRIPT, luavm={"cpuBudget": 0.2}, maxSendQueue=256 * 1024, writeTimeout=30)
+    port = str(running.engine.server_port())
+    server = {"protocol": "websocket", "port": port}
+    before = await scrape(running)
+    assert value(before, "connmix_engine_servers_clients", **server) == 0
+    assert value(before, "connmix_connections_accepted_total", **server) == 0
+
+    # connect and message: one client echoes, one subscribes
+    echo = await running.connect()
+    await echo.send_str("hello")
+    assert (await echo.receive(timeout=5)).data == "hello"
+    member = await running.connect()
+    await member.send_str("sub:room")
+    assert (await member.receive(timeout=5)).data == "subscribed"
+    samples = await scrape(running)
+    assert value(samples, "connmix_engine_servers_clients", **server) == 2
+    assert value(samples, "connmix_connections_accepted_total", **server) == 2
+    assert value(samples, "connmix_engine_servers_read_messages_total", **server) == 2
+    assert value(samples, "connmix_engine_servers_read_bytes_total", **server) == len("hello") + len("sub:room")
+    assert value(samples, "connmix_engine_servers_send_messages_total", **server) == 2
+    # wire bytes: a 2-byte header before each short payload
+    assert value(samples, "connmix_engine_servers_send_bytes_total", **server) == 2 + 5 + 2 + 10
+    assert value(samples, "connmix_channels") == 1
+    assert value(samples, "connmix_subscriptions") == 1
+    # two on_handshake runs (the script has none: still a call into Lua) and two on_message
+    assert value(samples, "connmix_lua_callback_duration_seconds_count", script="entry0.lua") == 4
+
+    # publish: counted once, delivered once
+    assert running.engine.publish("room", "news") == (1, 0)
+    assert (await member.receive(timeout=5)).data == "news"
+    assert running.engine.publish("nobody-listens", "x") == (0, 0)
+    samples = await scrape(running)
+    assert value(samples, "connmix_publishes_total") == 2
+    assert value(samples, "connmix_deliveries_total") == 1
+    assert value(samples, "connmix_engine_servers_send_messages_total", **server) == 3
+
+    # a queued item waits in its topic
+    await echo.send_str("push")
+    assert (await echo.receive(timeout=5)).data == "pushed"
+    samples = await scrape(running)
+    assert value(samples, "connmix_queue_items", topic="jobs") == 1
+    assert value(samples, "connmix_queue_pushes_total") == 1
+
+    # a Lua error and a budget stop close their clients, by reason lua_error
+    for bad in ("boom", "spin"):
+        ws = await running.connect()
+        await ws.send_str(bad)
+        assert (await ws.receive(timeout=10)).data == 1011
+        await ws.close()
+    await until(lambda: running.engine.stats()["connections"] == 2, "the failed clients are gone")
+    samples = await scrape(running)
+    assert value(samples, "connmix_lua_errors_total", script="entry0.lua") == 1
+    assert value(samples, "connmix_lua_budget_stops_total", script="entry0.lua") == 1
+    assert value(samples, "connmix_connections_closed_total", reason="lua_error", **server) == 2
+
+    # a slow client: subscribed, reads nothing, its send queue overflows
+    slow = await RawWebSocket.connect(running.engine.server_port(), running.path, rcvbuf=4096)
+    await slow.send_text("sub:slow")
+    assert await slow.read_frame() == (0x1, b"subscribed")
+    big = "x" * 64 * 1024
+    for _ in range(512):  # 32 MB: far beyond what the kernel's buffers hold
+        running.engine.publish("slow", big)
+        if running.engine.stats()["connections"] == 2:
+            break
+    await until(lambda: running.engine.stats()["connections"] == 2, "the slow client is dropped")
+    slow.drop()
+    samples = await scrape(running)
+    assert value(samples, "connmix_connections_closed_total", reason="slow_client", **server) == 1
+    assert value(samples, "connmix_delivery_failures_total") >= 1
+
+    # close: the client's own close, and the gauges come back down
+    await echo.close()
+    await member.close()
+    await until(lambda: running.engine.stats()["connections"] == 0, "every client is gone")
+    samples = await scrape(running)
+    assert value(samples, "connmix_engine_servers_clients", **server) == 0
+    assert value(samples, "connmix_connections_closed_total", reason="client", **server) == 2
+    assert value(samples, "connmix_channels") == 0
+    assert value(samples, "connmix_subscriptions") == 0
+    accepted = value(samples, "connmix_connections_accepted_total", **server)
+    closed = sum(v for (n, _), v in samples.items() if n == "connmix_connections_closed_total")
+    assert accepted == closed == 5
+    # bytes written to closed connections are kept
+    assert value(samples, "connmix_engine_servers_send_bytes_total", **server) > 64 * 1024
+
+
+async def test_a_refused_handshake_is_counted_as_refused(start_engine):
+    running = await start_engine("function on_handshake() return false end")
+    port = str(running.engine.server_port())
+    async with running.session.get(running.ws_url, headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
+        assert resp.status == 403
+    samples = await scrape(running)
+    assert value(samples, "connmix_connections_closed_total", protocol="websocket", port=port, reason="refused") == 1
+
+
+async def test_metrics_need_the_read_role(tmp_path, session):
+    guarded = await start_guarded(tmp_path, session)
+    try:
+        async with session.get(guarded.api_url + "/metrics") as resp:
+            assert resp.status == 401
+        async with session.get(guarded.api_url + "/metrics", headers=basic("writer")) as resp:
+            assert resp.status == 403
+        async with session.get(guarded.api_url + "/metrics", headers=basic("viewer")) as resp:
+            assert resp.status == 200
+            assert "connmix_engine_servers_clients" in await resp.text()
+    finally:
+        await guarded.engine.stop()
+
+
+async def test_two_engines_in_one_process_count_apart(start_engine):
+    first = await start_engine(SCRIPT)
+    second = await start_engine(SCRIPT)
+    ws = await first.connect()
+    await ws.send_str("hello")
+    assert (await ws.receive(timeout=5)).data == "hello"
+    assert value(await scrape(first), "connmix_engine_servers_read_messages_total") == 1
+    assert value(await scrape(second), "connmix_engine_servers_read_messages_total") == 0
+    await ws.close()
