@@ -86,7 +86,9 @@ class Connection:
         self.close_code: int | None = None
         self.close_err: str | None = None
         self.sent_total = 0
-        self.frames_sent = 0  # with sent_total: the metrics' frames and bytes out
+        # Messages sent to this connection alone (publishes are counted by the
+        # hub once per publish); with sent_total, the metrics' traffic out.
+        self.frames_sent = 0
         self.blocked_since: float | None = None
         self.block_mark = 0
         # (start, end) offsets in sent_total of big frames still queued.
@@ -154,7 +156,7 @@ class Connection:
             wire = self.encoder(data, binary, self)
         except EncodeError as exc:
             return str(exc)
-        return None if self.write_frame(wire) else "connection closed"
+        return self._queued(wire)
 
     def deliver_from_script(self, data: bytes, binary: bool = False) -> str | None:
         """conn:send: like deliver, but bytes a script framed itself go out as given."""
@@ -162,7 +164,14 @@ class Connection:
             return self.deliver(data, binary)
         if self.closing:
             return "connection closed"
-        return None if self.write_frame(data) else "connection closed"
+        return self._queued(data)
+
+    def _queued(self, wire: bytes) -> str | None:
+        """write_frame for one message to this connection alone, counted."""
+        if not self.write_frame(wire):
+            return "connection closed"
+        self.frames_sent += 1
+        return None
 
     def write_frame(self, frame: bytes) -> bool:
         """Queue encoded wire bytes; False if the connection cannot take it."""
@@ -180,7 +189,6 @@ class Connection:
         transport.write(frame)
         start = self.sent_total
         self.sent_total += len(frame)
-        self.frames_sent += 1
         queued = transport.get_write_buffer_size()
         if queued:
             if len(frame) >= _BIG_FRAME:

@@ -102,12 +102,14 @@ class Hub:
                 failed += len(members)
         metrics.publishes += 1
         for wire, receivers in encoded:
+            sent = 0
             for conn in receivers:
                 if conn.write_frame(wire):
-                    delivered += 1
-                else:
-                    failed += 1
-        # Counted once per publish, not per delivery (the fan-out loop stays as it was).
+                    sent += 1
+            # Counted once per group, not per delivery: the fan-out loop stays bare.
+            metrics.group_sent(receivers[0], sent)
+            delivered += sent
+            failed += len(receivers) - sent
         metrics.deliveries += delivered
         metrics.delivery_failures += failed
         return delivered, failed

@@ -72,38 +72,50 @@ def close_reason(conn: Connection) -> str:
     return "other"
 
 
+class Traffic:
+    """Messages and bytes of one protocol (CONNMIX's {protocol} label), in and out.
+
+    In: added by the servers as messages arrive (a socket server counts its
+    reads: packets are framed by the script). Out: publishes are added by the
+    hub once per encoder group; messages to one connection and all bytes are
+    counted on the Connection (frames_sent, sent_total) and folded in here
+    when it ends."""
+
+    __slots__ = ("messages_in", "bytes_in", "messages_out", "bytes_out")
+
+    def __init__(self) -> None:
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+
+
 class ServerCounters:
-    """One server's traffic. In-counts are added by the server as frames
-    arrive; out-counts live on each Connection (sent_total, frames_sent) and
-    are folded in here when the connection ends."""
+    """One server's connections: accepted, and ended by reason."""
 
-    __slots__ = ("server", "accepted", "closed", "messages_in", "bytes_in", "messages_out", "bytes_out")
+    __slots__ = ("server", "accepted", "closed", "traffic")
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, traffic: Traffic) -> None:
         self.server = server  # read for its protocol, port and open connections at scrape time
         self.accepted = 0
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
-        self.messages_in = 0
-        self.bytes_in = 0
-        self.messages_out = 0  # of connections that have ended
-        self.bytes_out = 0
+        self.traffic = traffic
 
 
 class ScriptCounters:
     """One entry script's Lua errors, budget stops and callback durations."""
 
-    __slots__ = ("errors", "budget_stops", "buckets", "count", "seconds")
+    __slots__ = ("errors", "budget_stops", "buckets", "seconds")
 
     def __init__(self) -> None:
         self.errors = 0
         self.budget_stops = 0
         self.buckets = [0] * (len(CALLBACK_BUCKETS) + 1)  # the last one is +Inf
-        self.count = 0
         self.seconds = 0.0
 
     def observe(self, seconds: float) -> None:
+        # On every callback run: kept to a bucket and a sum (the count is summed at scrape time).
         self.buckets[bisect_left(CALLBACK_BUCKETS, seconds)] += 1
-        self.count += 1
         self.seconds += seconds
 
     def failed(self, message: str) -> None:
@@ -117,6 +129,7 @@ class ScriptCounters:
 class Metrics:
     def __init__(self) -> None:
         self.servers: list[ServerCounters] = []
+        self.traffic: dict[str, Traffic] = {}
         self.scripts: dict[str, ScriptCounters] = {}
         self.publishes = 0
         self.deliveries = 0
@@ -135,7 +148,11 @@ class Metrics:
         self.hub, self.queues = hub, queues
 
     def server(self, server: Any) -> ServerCounters:
-        counters = ServerCounters(server)
+        protocol = server.settings.protocol
+        traffic = self.traffic.get(protocol)
+        if traffic is None:
+            traffic = self.traffic[protocol] = Traffic()
+        counters = ServerCounters(server, traffic)
         self.servers.append(counters)
         return counters
 
@@ -151,16 +168,18 @@ class Metrics:
         if counters is None:
             return
         counters.closed[close_reason(conn)] += 1
-        counters.messages_out += conn.frames_sent
-        counters.bytes_out += conn.sent_total
+        counters.traffic.messages_out += conn.frames_sent
+        counters.traffic.bytes_out += conn.sent_total
+
+    @staticmethod
+    def group_sent(member: Connection, sent: int) -> None:
+        """A publish wrote to ``sent`` connections of member's encoder group."""
+        counters = getattr(member.server, "counters", None)
+        if counters is not None:
+            counters.traffic.messages_out += sent
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def _server_labels(counters: ServerCounters) -> list[str]:
-    server = counters.server
-    return [server.settings.protocol, str(server.port)]
 
 
 class _Collector:
@@ -186,26 +205,37 @@ class _Collector:
                                        labels=labels)
         closed = CounterMetricFamily("connmix_connections_closed", "Client connections ended, by reason",
                                      labels=labels + ["reason"])
-        read = CounterMetricFamily("connmix_engine_servers_read_messages", "Messages received from clients "
-                                   "(websocket messages; socket reads)", labels=["protocol", "port"])
-        read_bytes = CounterMetricFamily("connmix_engine_servers_read_bytes", "Payload bytes received from clients",
-                                         labels=labels)
-        sent = CounterMetricFamily("connmix_engine_servers_send_messages", "Frames written to clients",
-                                   labels=labels)
-        sent_bytes = CounterMetricFamily("connmix_engine_servers_send_bytes", "Wire bytes written to clients",
-                                         labels=labels)
+        live_out: dict[str, list[int]] = {}  # protocol -> [messages, bytes] of open connections
         for counters in self.metrics.servers:
-            server_labels = _server_labels(counters)
-            live = tuple(counters.server.conns)
+            server = counters.server
+            server_labels = [server.settings.protocol, str(server.port)]
+            live = tuple(server.conns)
             clients.add_metric(server_labels, len(live))
             accepted.add_metric(server_labels, counters.accepted)
             for reason, count in counters.closed.items():
                 closed.add_metric(server_labels + [reason], count)
-            read.add_metric(server_labels, counters.messages_in)
-            read_bytes.add_metric(server_labels, counters.bytes_in)
-            sent.add_metric(server_labels, counters.messages_out + sum(c.frames_sent for c in live))
-            sent_bytes.add_metric(server_labels, counters.bytes_out + sum(c.sent_total for c in live))
-        return iter((clients, accepted, closed, read, read_bytes, sent, sent_bytes))
+            out = live_out.setdefault(server.settings.protocol, [0, 0])
+            out[0] += sum(c.frames_sent for c in live)
+            out[1] += sum(c.sent_total for c in live)
+        yield from (clients, accepted, closed)
+        yield from self._traffic(live_out)
+
+    def _traffic(self, live_out: dict[str, list[int]]) -> Iterator[Any]:
+        read = CounterMetricFamily("connmix_engine_servers_read_messages", "Messages received from clients "
+                                   "(websocket messages; socket reads)", labels=["protocol"])
+        read_bytes = CounterMetricFamily("connmix_engine_servers_read_bytes", "Payload bytes received from "
+                                         "clients", labels=["protocol"])
+        sent = CounterMetricFamily("connmix_engine_servers_send_messages", "Messages written to clients",
+                                   labels=["protocol"])
+        sent_bytes = CounterMetricFamily("connmix_engine_servers_send_bytes", "Wire bytes written to clients",
+                                         labels=["protocol"])
+        for protocol, traffic in self.metrics.traffic.items():
+            live_messages, live_bytes = live_out.get(protocol, (0, 0))
+            read.add_metric([protocol], traffic.messages_in)
+            read_bytes.add_metric([protocol], traffic.bytes_in)
+            sent.add_metric([protocol], traffic.messages_out + live_messages)
+            sent_bytes.add_metric([protocol], traffic.bytes_out + live_bytes)
+        return iter((read, read_bytes, sent, sent_bytes))
 
     def _hub(self) -> Iterator[Any]:
         metrics, hub = self.metrics, self.metrics.hub

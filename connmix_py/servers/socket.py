@@ -139,9 +139,9 @@ class SocketSession(asyncio.Protocol):
             return
         self.buffer += data
         self.unseen = True
-        counters = self.server.counters
-        counters.messages_in += 1
-        counters.bytes_in += len(data)
+        traffic = self.server.counters.traffic
+        traffic.messages_in += 1
+        traffic.bytes_in += len(data)
         if self.worker is None:
             self._run(None)
         elif len(self.buffer) > self.server.settings.max_packet_size and not self.paused:

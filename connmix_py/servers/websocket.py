@@ -142,7 +142,7 @@ class WebSocketServer:
         return None
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, conn: Connection) -> None:
-        vm, counters = self.vm, self.counters
+        vm, traffic = self.vm, self.counters.traffic
         loop = asyncio.get_running_loop()
         closing = _CloseRequest(ws, loop)
         conn.open(request.transport, closing.request)
@@ -164,8 +164,8 @@ class WebSocketServer:
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     binary = kind is WSMsgType.BINARY
-                    counters.messages_in += 1
-                    counters.bytes_in += len(msg.data)
+                    traffic.messages_in += 1
+                    traffic.bytes_in += len(msg.data)
                     if not binary and not is_utf8(msg.data):  # a fragmented message comes whole
                         self._fail(conn, CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
                         break
