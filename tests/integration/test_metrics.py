@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_access import basic, start_guarded
 from tests.raw_websocket import RawWebSocket
+from tests.tcp_client import TcpClient
 from tests.waiting import until
 
 SCRIPT = """
@@ -170,3 +171,64 @@ async def test_two_engines_in_one_process_count_apart(start_engine):
     assert value(await scrape(first), "connmix_engine_servers_read_messages_total") == 1
     assert value(await scrape(second), "connmix_engine_servers_read_messages_total") == 0
     await ws.close()
+
+
+SOCKET_LINES = r"""
+function protocol_input(buf)
+    local stop = buf:tostring():find("\n", 1, true)
+    return stop or 0
+end
+
+function protocol_encode(data)
+    return data .. "\n"
+end
+
+function on_message(msg)
+    local c = mix.socket.tcp()
+    if msg == "sub\n" then
+        c:subscribe("room")
+        c:send("ok\n")
+    elseif msg == "bye\n" then
+        c:close()
+    else
+        c:send(msg)
+    end
+end
+"""
+
+
+async def test_socket_servers_count_by_their_protocol(start_engine):
+    running = await start_engine(SOCKET_LINES, protocol="socket")
+    server = {"protocol": "socket", "port": str(running.engine.server_port())}
+    client = await TcpClient.connect(running.engine.server_port())
+    await client.send_line("sub")
+    assert await client.recv_line() == "ok"
+    assert running.engine.publish("room", "news") == (1, 0)
+    assert await client.recv_line() == "news"
+    samples = await scrape(running)
+    assert value(samples, "connmix_engine_servers_clients", **server) == 1
+    assert value(samples, "connmix_engine_servers_read_bytes_total", protocol="socket") == len("sub\n")
+    # conn:send and the publish (through protocol_encode)
+    assert value(samples, "connmix_engine_servers_send_messages_total", protocol="socket") == 2
+    assert value(samples, "connmix_engine_servers_send_bytes_total", protocol="socket") == len("ok\nnews\n")
+    assert value(samples, "connmix_engine_servers_read_messages_total", protocol="websocket") == 0
+
+    closer = await TcpClient.connect(running.engine.server_port())
+    await closer.send_line("bye")  # closed by the script
+    await closer.assert_closed()
+    await client.close()  # EOF: the client's own close
+    await until(lambda: running.engine.stats()["connections"] == 0, "both clients are gone")
+    samples = await scrape(running)
+    assert value(samples, "connmix_connections_closed_total", reason="server", **server) == 1
+    assert value(samples, "connmix_connections_closed_total", reason="client", **server) == 1
+    assert value(samples, "connmix_engine_servers_send_bytes_total", protocol="socket") == len("ok\nnews\n")
+
+
+async def test_a_broker_reports_its_state_through_the_hook(start_engine):
+    running = await start_engine(SCRIPT)
+    assert "connmix_broker_connected" not in await (await running.session.get(running.api_url + "/metrics")).text()
+    state = {"connected": 1.0}
+    running.engine.metrics.broker_state = lambda: state["connected"]
+    assert value(await scrape(running), "connmix_broker_connected") == 1
+    state["connected"] = 0.0
+    assert value(await scrape(running), "connmix_broker_connected") == 0
