@@ -179,20 +179,17 @@ function protocol_input(buf)
     return stop or 0
 end
 
-function protocol_encode(data)
-    return data .. "\n"
-end
+function protocol_encode(data) return data .. "\n" end
+
+local commands = {
+    ["sub\n"] = function(c) c:subscribe("room"); c:send("ok\n") end,
+    ["bye\n"] = function(c) c:close() end,
+}
 
 function on_message(msg)
     local c = mix.socket.tcp()
-    if msg == "sub\n" then
-        c:subscribe("room")
-        c:send("ok\n")
-    elseif msg == "bye\n" then
-        c:close()
-    else
-        c:send(msg)
-    end
+    local command = commands[msg]
+    if command then command(c) else c:send(msg) end
 end
 """
 
