@@ -51,6 +51,10 @@ CLOSE_REASON_PREFIXES = (
 )
 HANDSHAKE_REFUSED = "handshake refused"
 
+# What the budgets' stops say (prelude.lua; "not enough memory": the hard cap),
+# told apart from a script's own error that happens to mention a budget.
+BUDGET_STOP_MESSAGES = ("exceeded its Lua CPU budget", "Lua memory exceeded its budget", "not enough memory")
+
 # Seconds; a callback that returns at once takes a few microseconds.
 CALLBACK_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
@@ -120,7 +124,7 @@ class ScriptCounters:
 
     def failed(self, message: str) -> None:
         """A callback ended with an error: a budget stop or a Lua error."""
-        if "budget" in message:
+        if any(stop in message for stop in BUDGET_STOP_MESSAGES):
             self.budget_stops += 1
         else:
             self.errors += 1

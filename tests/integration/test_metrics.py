@@ -229,3 +229,14 @@ async def test_a_broker_reports_its_state_through_the_hook(start_engine):
     assert value(await scrape(running), "connmix_broker_connected") == 1
     state["connected"] = 0.0
     assert value(await scrape(running), "connmix_broker_connected") == 0
+
+
+async def test_a_scripts_own_error_about_a_budget_is_an_error_not_a_budget_stop(start_engine):
+    running = await start_engine('function on_message() error("the monthly budget is spent") end')
+    ws = await running.connect()
+    await ws.send_str("pay")
+    assert (await ws.receive(timeout=5)).data == 1011
+    samples = await scrape(running)
+    assert value(samples, "connmix_lua_errors_total", script="entry0.lua") == 1
+    assert value(samples, "connmix_lua_budget_stops_total", script="entry0.lua") == 0
+    await ws.close()
