@@ -30,9 +30,7 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.client_id] = conn
-        counters = getattr(conn.server, "counters", None)
-        if counters is not None:
-            counters.accepted += 1
+        self.metrics.connection_opened(conn)
 
     def remove(self, conn: Connection) -> None:
         """Forget a closed connection and all its subscriptions."""

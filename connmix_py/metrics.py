@@ -131,6 +131,10 @@ class ScriptCounters:
 
 
 class Metrics:
+    """The engine's counters. Connections reach their server's counters
+    through conn.server (getattr: a Connection made outside a server, in a
+    test, has none and is not counted)."""
+
     def __init__(self) -> None:
         self.servers: list[ServerCounters] = []
         self.traffic: dict[str, Traffic] = {}
@@ -165,6 +169,11 @@ class Metrics:
         if counters is None:
             counters = self.scripts[name] = ScriptCounters()
         return counters
+
+    def connection_opened(self, conn: Connection) -> None:
+        counters = getattr(conn.server, "counters", None)
+        if counters is not None:
+            counters.accepted += 1
 
     def connection_closed(self, conn: Connection) -> None:
         """Count conn's end and fold its out-traffic into its server's totals."""
