@@ -94,10 +94,12 @@ class Hub:
         # a slow client; both can change the index: iterate copies.
         encoded: list[tuple[bytes, tuple[Connection, ...]]] = []
         for encoder, members in tuple(groups.items()):
+            receivers = tuple(members)  # never empty: an emptied group is deleted
             try:
-                encoded.append((encoder(data, binary, None), tuple(members)))
+                encoded.append((encoder(data, binary, None), receivers))
             except EncodeError:  # the encoder logged why
-                failed += len(members)
+                failed += len(receivers)
+                metrics.group_sent(receivers[0], 0, len(receivers))
         metrics.publishes += 1
         for wire, receivers in encoded:
             sent = 0
@@ -105,7 +107,7 @@ class Hub:
                 if conn.write_frame(wire):
                     sent += 1
             # Counted once per group, not per delivery: the fan-out loop stays bare.
-            metrics.group_sent(receivers[0], sent)
+            metrics.group_sent(receivers[0], sent, len(receivers) - sent)
             delivered += sent
             failed += len(receivers) - sent
         metrics.deliveries += delivered

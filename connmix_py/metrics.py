@@ -85,13 +85,14 @@ class Traffic:
     counted on the Connection (frames_sent, sent_total) and folded in here
     when it ends."""
 
-    __slots__ = ("messages_in", "bytes_in", "messages_out", "bytes_out")
+    __slots__ = ("messages_in", "bytes_in", "messages_out", "bytes_out", "send_errors")
 
     def __init__(self) -> None:
         self.messages_in = 0
         self.bytes_in = 0
         self.messages_out = 0
         self.bytes_out = 0
+        self.send_errors = 0
 
 
 class ServerCounters:
@@ -181,15 +182,19 @@ class Metrics:
         if counters is None:
             return
         counters.closed[close_reason(conn)] += 1
-        counters.traffic.messages_out += conn.frames_sent
-        counters.traffic.bytes_out += conn.sent_total
+        traffic = counters.traffic
+        traffic.messages_out += conn.frames_sent
+        traffic.bytes_out += conn.sent_total
+        traffic.send_errors += conn.send_errors
 
     @staticmethod
-    def group_sent(member: Connection, sent: int) -> None:
-        """A publish wrote to ``sent`` connections of member's encoder group."""
+    def group_sent(member: Connection, sent: int, failed: int) -> None:
+        """A publish wrote to ``sent`` connections of member's encoder group
+        and failed for ``failed`` of them."""
         counters = getattr(member.server, "counters", None)
         if counters is not None:
             counters.traffic.messages_out += sent
+            counters.traffic.send_errors += failed
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -218,7 +223,7 @@ class _Collector:
                                        labels=labels)
         closed = CounterMetricFamily("connmix_connections_closed", "Client connections ended, by reason",
                                      labels=labels + ["reason"])
-        live_out: dict[str, list[int]] = {}  # protocol -> [messages, bytes] of open connections
+        live_out: dict[str, list[int]] = {}  # protocol -> [messages, bytes, errors] of open connections
         for counters in self.metrics.servers:
             server = counters.server
             server_labels = [server.settings.protocol, str(server.port)]
@@ -227,9 +232,11 @@ class _Collector:
             accepted.add_metric(server_labels, counters.accepted)
             for reason, count in counters.closed.items():
                 closed.add_metric(server_labels + [reason], count)
-            out = live_out.setdefault(server.settings.protocol, [0, 0])
-            out[0] += sum(c.frames_sent for c in live)
-            out[1] += sum(c.sent_total for c in live)
+            out = live_out.setdefault(server.settings.protocol, [0, 0, 0])
+            for conn in live:
+                out[0] += conn.frames_sent
+                out[1] += conn.sent_total
+                out[2] += conn.send_errors
         yield from (clients, accepted, closed)
         yield from self._traffic(live_out)
 
@@ -242,13 +249,16 @@ class _Collector:
                                    labels=["protocol"])
         sent_bytes = CounterMetricFamily("connmix_engine_servers_send_bytes", "Wire bytes written to clients",
                                          labels=["protocol"])
+        errors = CounterMetricFamily("connmix_engine_servers_send_errors", "Messages that could not be written "
+                                     "to a client (closing, dropped, encoding failed)", labels=["protocol"])
         for protocol, traffic in self.metrics.traffic.items():
-            live_messages, live_bytes = live_out.get(protocol, (0, 0))
+            live_messages, live_bytes, live_errors = live_out.get(protocol, (0, 0, 0))
             read.add_metric([protocol], traffic.messages_in)
             read_bytes.add_metric([protocol], traffic.bytes_in)
             sent.add_metric([protocol], traffic.messages_out + live_messages)
             sent_bytes.add_metric([protocol], traffic.bytes_out + live_bytes)
-        return iter((read, read_bytes, sent, sent_bytes))
+            errors.add_metric([protocol], traffic.send_errors + live_errors)
+        return iter((read, read_bytes, sent, sent_bytes, errors))
 
     def _hub(self) -> Iterator[Any]:
         metrics, hub = self.metrics, self.metrics.hub

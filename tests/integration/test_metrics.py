@@ -120,6 +120,7 @@ async def test_the_numbers_move_as_a_scenario_runs(start_engine):
     samples = await scrape(running)
     assert value(samples, "connmix_connections_closed_total", reason="slow_client", **server) == 1
     assert value(samples, "connmix_delivery_failures_total") >= 1
+    assert value(samples, "connmix_engine_servers_send_errors_total", protocol="websocket") >= 1
 
     # close: the client's own close, and the gauges come back down
     await echo.close()
@@ -179,7 +180,10 @@ function protocol_input(buf)
     return stop or 0
 end
 
-function protocol_encode(data) return data .. "\n" end
+function protocol_encode(data)
+    if data == "unencodable" then error("cannot encode that") end
+    return data .. "\n"
+end
 
 local commands = {
     ["sub\n"] = function(c) c:subscribe("room"); c:send("ok\n") end,
@@ -209,6 +213,14 @@ async def test_socket_servers_count_by_their_protocol(start_engine):
     assert value(samples, "connmix_engine_servers_send_messages_total", protocol="socket") == 2
     assert value(samples, "connmix_engine_servers_send_bytes_total", protocol="socket") == len("ok\nnews\n")
     assert value(samples, "connmix_engine_servers_read_messages_total", protocol="websocket") == 0
+    assert value(samples, "connmix_engine_servers_send_errors_total", protocol="socket") == 0
+
+    # protocol_encode fails for a publish: a send error and a Lua error, nothing written
+    assert running.engine.publish("room", "unencodable") == (0, 1)
+    samples = await scrape(running)
+    assert value(samples, "connmix_engine_servers_send_errors_total", protocol="socket") == 1
+    assert value(samples, "connmix_lua_errors_total", script="entry0.lua") == 1
+    assert value(samples, "connmix_engine_servers_send_messages_total", protocol="socket") == 2
 
     closer = await TcpClient.connect(running.engine.server_port())
     await closer.send_line("bye")  # closed by the script
@@ -240,3 +252,22 @@ async def test_a_scripts_own_error_about_a_budget_is_an_error_not_a_budget_stop(
     assert value(samples, "connmix_lua_errors_total", script="entry0.lua") == 1
     assert value(samples, "connmix_lua_budget_stops_total", script="entry0.lua") == 0
     await ws.close()
+
+
+async def test_a_send_to_a_closing_connection_is_a_send_error(start_engine):
+    running = await start_engine("""
+        function on_message()
+            local c = mix.websocket()
+            c:close()
+            c:send("too late")
+        end
+    """)
+    ws = await running.connect()
+    await ws.send_str("close me")
+    assert (await ws.receive(timeout=5)).data == 1000
+    await until(lambda: running.engine.stats()["connections"] == 0, "the client is gone")
+    samples = await scrape(running)
+    assert value(samples, "connmix_engine_servers_send_errors_total", protocol="websocket") == 1
+    assert value(samples, "connmix_engine_servers_send_messages_total", protocol="websocket") == 0
+    port = str(running.engine.server_port())
+    assert value(samples, "connmix_connections_closed_total", protocol="websocket", port=port, reason="server") == 1
