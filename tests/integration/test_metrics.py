@@ -271,3 +271,19 @@ async def test_a_send_to_a_closing_connection_is_a_send_error(start_engine):
     assert value(samples, "connmix_engine_servers_send_messages_total", protocol="websocket") == 0
     port = str(running.engine.server_port())
     assert value(samples, "connmix_connections_closed_total", protocol="websocket", port=port, reason="server") == 1
+
+
+async def test_protocol_errors_and_lost_clients_have_their_reasons(start_engine):
+    running = await start_engine(SCRIPT)
+    port = running.engine.server_port()
+    bad = await RawWebSocket.connect(port, running.path)
+    await bad.send_frame(b"\xff\xfe")  # a text frame that is not UTF-8: closed with 1007
+    assert (await bad.read_frame())[0] == 0x8
+    bad.drop()
+    gone = await RawWebSocket.connect(port, running.path)
+    gone.drop()  # no close frame
+    await until(lambda: running.engine.stats()["connections"] == 0, "both clients are gone")
+    samples = await scrape(running)
+    server = {"protocol": "websocket", "port": str(port)}
+    assert value(samples, "connmix_connections_closed_total", reason="protocol_error", **server) == 1
+    assert value(samples, "connmix_connections_closed_total", reason="lost", **server) == 1
