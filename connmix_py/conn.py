@@ -61,8 +61,9 @@ class Connection:
     __slots__ = (
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
-        "closing", "close_code", "close_err", "sent_total", "blocked_since", "block_mark",
-        "big_frames", "encoder", "script_frames", "session", "log", "aborted", "_pending", "_closer", "_loop",
+        "closing", "close_code", "close_err", "sent_total", "frames_sent", "send_errors", "blocked_since",
+        "block_mark", "big_frames", "encoder", "script_frames", "session", "log", "aborted", "_pending",
+        "_closer", "_loop",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
@@ -87,6 +88,11 @@ class Connection:
         self.close_code: int | None = None
         self.close_err: str | None = None
         self.sent_total = 0
+        # Messages sent to this connection alone, and those that failed
+        # (publishes are counted by the hub once per publish); with
+        # sent_total, the metrics' traffic out.
+        self.frames_sent = 0
+        self.send_errors = 0
         self.blocked_since: float | None = None
         self.block_mark = 0
         # (start, end) offsets in sent_total of big frames still queued.
@@ -160,20 +166,29 @@ class Connection:
         """Encode for this connection and queue; None when queued, else why not.
         Raises PayloadError when the encoder refuses the payload itself."""
         if self.closing:
-            return "connection closed"
+            return self._not_sent("connection closed")
         try:
             wire = self.encoder(data, binary, self)
         except EncodeError as exc:
-            return str(exc)
-        return None if self.write_frame(wire) else "connection closed"
+            return self._not_sent(str(exc))
+        return self._queued(wire)
 
     def deliver_from_script(self, data: bytes, binary: bool = False) -> str | None:
         """conn:send: like deliver, but bytes a script framed itself go out as given."""
         if not self.script_frames:
             return self.deliver(data, binary)
-        if self.closing:
-            return "connection closed"
-        return None if self.write_frame(data) else "connection closed"
+        return self._queued(data)  # write_frame refuses it when closing
+
+    def _queued(self, wire: bytes) -> str | None:
+        """write_frame for one message to this connection alone, counted."""
+        if not self.write_frame(wire):
+            return self._not_sent("connection closed")
+        self.frames_sent += 1
+        return None
+
+    def _not_sent(self, why: str) -> str:
+        self.send_errors += 1
+        return why
 
     def write_frame(self, frame: bytes) -> bool:
         """Queue encoded wire bytes; False if the connection cannot take it."""

@@ -25,6 +25,7 @@ from .hub import Hub
 from .ids import ClientIds
 from .lua.vm import LuaLoadError, LuaVM
 from .mesh import Mesh
+from .metrics import Metrics
 from .queue import Queues
 from .redis_pools import RedisPools
 from .servers.http_limits import HttpLimits, limited_runner
@@ -44,11 +45,14 @@ class StartupError(Exception):
 class Engine:
     def __init__(self, config: str | Settings, node_id: int = 1) -> None:
         self.settings = load_settings(config) if isinstance(config, str) else config
-        self.hub = Hub(self.settings.max_outbound_message_size)
+        # One metrics object: the hub hands it to the servers and Lua VMs.
+        self.metrics = Metrics()
+        self.hub = Hub(self.settings.max_outbound_message_size, self.metrics)
         self.mesh = Mesh(self.hub)
         self.ids = ClientIds(node_id)
         luavm = self.settings.luavm
-        self.queues = Queues(luavm.queue_topic_size, luavm.queue_max_topics)
+        self.queues = Queues(luavm.queue_topic_size, luavm.queue_max_topics, self.metrics)
+        self.metrics.watch(self.hub, self.queues)
         self.redis = RedisPools(luavm.redis)
         self.servers: list[WebSocketServer | SocketServer] = []
         self.vms: list[LuaVM] = []
@@ -113,7 +117,7 @@ class Engine:
         app = web.Application(client_max_size=16 * 1024 * 1024,
                               middlewares=[request_log.log_request,
                                            access.middleware(lambda: self.settings.access)])
-        http_api.add_routes(app, self.mesh, self.stats)
+        http_api.add_routes(app, self.mesh, self.stats, self.metrics)
         discovery.add_routes(app, api.bind, lambda: self.api_port)
         self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,

@@ -14,24 +14,28 @@ from __future__ import annotations
 from typing import Iterator
 
 from .conn import Connection, EncodeError, Encoder, PayloadError
+from .metrics import Metrics
 
 # engine.maxOutboundMessageSize's default: what the HTTP API accepts as a body.
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
 class Hub:
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None) -> None:
         self.max_payload = max_payload
+        self.metrics = metrics or Metrics()
         self.conns: dict[str, Connection] = {}
         self.channels: dict[str, dict[Encoder, set[Connection]]] = {}
         self.subscriptions = 0
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.client_id] = conn
+        self.metrics.connection_opened(conn)
 
     def remove(self, conn: Connection) -> None:
         """Forget a closed connection and all its subscriptions."""
-        self.conns.pop(conn.client_id, None)
+        if self.conns.pop(conn.client_id, None) is not None:
+            self.metrics.connection_closed(conn)
         for channel in list(conn.channels):
             self.unsubscribe(conn, channel)
 
@@ -79,8 +83,10 @@ class Hub:
         """Encode once per encoder, write to every subscriber; (delivered, failed).
         Raises PayloadError (nothing written) when the payload is refused."""
         self.check_size(data)
+        metrics = self.metrics
         groups = self.channels.get(channel)
         if not groups:
+            metrics.publishes += 1
             return 0, 0
         delivered = failed = 0
         # Every group is encoded before anything is written, so a refused
@@ -88,16 +94,24 @@ class Hub:
         # a slow client; both can change the index: iterate copies.
         encoded: list[tuple[bytes, tuple[Connection, ...]]] = []
         for encoder, members in tuple(groups.items()):
+            receivers = tuple(members)  # never empty: an emptied group is deleted
             try:
-                encoded.append((encoder(data, binary, None), tuple(members)))
+                encoded.append((encoder(data, binary, None), receivers))
             except EncodeError:  # the encoder logged why
-                failed += len(members)
+                failed += len(receivers)
+                metrics.group_sent(receivers[0], 0, len(receivers))
+        metrics.publishes += 1
         for wire, receivers in encoded:
+            sent = 0
             for conn in receivers:
                 if conn.write_frame(wire):
-                    delivered += 1
-                else:
-                    failed += 1
+                    sent += 1
+            # Counted once per group, not per delivery: the fan-out loop stays bare.
+            metrics.group_sent(receivers[0], sent, len(receivers) - sent)
+            delivered += sent
+            failed += len(receivers) - sent
+        metrics.deliveries += delivered
+        metrics.delivery_failures += failed
         return delivered, failed
 
     def stats(self) -> dict[str, int]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterable, NamedTuple, Protocol
 
+from .metrics import Metrics
+
 
 class QueueFull(Exception):
     pass
@@ -41,7 +43,8 @@ class Consumer(Protocol):
 
 
 class Queues:
-    def __init__(self, topic_size: int, max_topics: int) -> None:
+    def __init__(self, topic_size: int, max_topics: int, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.topic_size = topic_size
         self.max_topics = max_topics
         self.topics: dict[str, deque[QueueItem]] = {}  # only topics holding items
@@ -53,14 +56,17 @@ class Queues:
     def push(self, topic: str, data: Any, client_id: str | None = None) -> int:
         """Queue one item and hand it out if a consumer can take it.
         Returns how many items the topic still holds."""
+        self.metrics.queue_pushes += 1
         items = self.topics.get(topic)
         if items is None and topic in self.consumers and self._hand_over(topic, QueueItem(client_id, data)):
             return 0  # straight through: the bounds are for items that wait
         if items is None:
             if len(self.topics) >= self.max_topics:
+                self.metrics.queue_refused += 1
                 raise QueueFull(f"queue full: already {self.max_topics} topics (luavm.queue.maxTopics)")
             items = self.topics[topic] = deque()
         if len(items) >= self.topic_size:
+            self.metrics.queue_refused += 1
             raise QueueFull(f"queue full: topic {topic!r} holds {self.topic_size} items (luavm.queue.topicSize)")
         items.append(QueueItem(client_id, data))
         if topic in self.consumers:

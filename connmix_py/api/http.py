@@ -1,4 +1,4 @@
-"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /healthz."""
+"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /metrics, /healthz."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -6,6 +6,7 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
+from ..metrics import CONTENT_TYPE, Metrics
 from . import requests
 from .conn_call import conn_call
 from .requests import ApiError, invalid
@@ -23,7 +24,7 @@ def _error(error: ApiError) -> web.Response:
     return _json({"E": error.body()})
 
 
-def add_routes(app: web.Application, mesh, stats: Callable[[], dict]) -> None:
+def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: Metrics) -> None:
     def endpoint(action: Callable[[Any, Any], Any]):
         async def handle(request: web.Request) -> web.Response:
             try:
@@ -46,5 +47,10 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict]) -> None:
     app.router.add_post("/v1/mesh/send", endpoint(requests.send))
     # ours: CONNMIX has conn.call on the WebSocket API only.
     app.router.add_post("/v1/conn/call", endpoint(conn_call))
+    async def get_metrics(request: web.Request) -> web.Response:
+        # Prometheus text format; a GET, so the access middleware asks for role read.
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
     app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

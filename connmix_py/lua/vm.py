@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from time import perf_counter
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -102,6 +103,8 @@ class LuaVM:
         self.name = os.path.basename(settings.entry)
         self.hub = hub
         self.mesh = mesh
+        # This script's Lua errors, budget stops and time per callback run.
+        self.counters = hub.metrics.script(self.name)
         self.http_session = http_session
         self.runtime: lupa_rt.LuaRuntime | None = None
         self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
@@ -225,6 +228,7 @@ class LuaVM:
         if self.memory.fits(sum(value_size(a) for a in args)):
             return False
         log.error("%s: %s not run for client %s: Lua memory budget used up", self.name, name, conn.client_id)
+        self.counters.budget_stops += 1
         if name != "on_close":
             conn.close(CLOSE_INTERNAL_ERROR, "lua error: Lua memory budget used up")
         return True
@@ -234,7 +238,9 @@ class LuaVM:
         if self._no_room(conn, "on_message", data):
             return None
         self._current = conn
+        started = perf_counter()
         outcome = self._dispatch_message(conn.id_bytes, b"binary" if binary else b"text", data)
+        self.counters.observe(perf_counter() - started)
         return self._settle(conn, "on_message", outcome)
 
     def call(self, conn: Connection, name: str, *args: Any) -> Awaitable | None:
@@ -242,7 +248,9 @@ class LuaVM:
         if self._no_room(conn, name, *args):
             return None
         self._current = conn
+        started = perf_counter()
         outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
+        self.counters.observe(perf_counter() - started)
         return self._settle(conn, name, outcome)
 
     async def call_for_result(self, conn: Connection, name: str, *args: Any) -> Any:
@@ -250,7 +258,9 @@ class LuaVM:
         if self._no_room(conn, name, *args):
             return None
         self._current = conn
+        started = perf_counter()
         outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
+        self.counters.observe(perf_counter() - started)
         if type(outcome) is tuple and outcome[0] == b"wait":
             outcome = await self._drive(conn, outcome[1], outcome[2])
         return self._finish(conn, name, outcome)
@@ -275,7 +285,9 @@ class LuaVM:
             if not self.memory.fits(sum(value_size(v) for v in result)):
                 result = (None, b"Lua memory budget used up: the result does not fit")
             self._current = conn
+            started = perf_counter()
             outcome = cont(co, conn.id_bytes, *result)
+            self.counters.observe(perf_counter() - started)
             if type(outcome) is tuple and outcome[0] == b"wait":
                 co, handle = outcome[1], outcome[2]
                 continue
@@ -292,6 +304,7 @@ class LuaVM:
             name = _text(outcome[2])
         message = _text(value)
         log.error("%s: %s failed for client %s: %s", self.name, name, conn.client_id, message)
+        self.counters.failed(message)
         if name != "on_close":
             conn.close(CLOSE_INTERNAL_ERROR, f"lua error: {message.splitlines()[0]}")
         return None
@@ -311,7 +324,9 @@ class LuaVM:
         if self._no_room(conn, "protocol_input", data):
             return None
         self._current = conn
+        started = perf_counter()
         outcome = self._dispatch_input(conn.id_bytes, data, held)
+        self.counters.observe(perf_counter() - started)
         if outcome == b"resync":
             self._current = None
             return RESYNC
@@ -323,8 +338,11 @@ class LuaVM:
         """protocol_encode(payload[, conn]): the wire bytes. ``conn`` is None
         for a publish (encoded once for all). Raises EncodeError (logged)."""
         if not self.memory.fits(len(payload)):
+            self.counters.budget_stops += 1
             raise EncodeError("protocol_encode: Lua memory budget used up")
+        started = perf_counter()
         outcome = self._encode(conn.id_bytes if conn is not None else None, payload)
+        self.counters.observe(perf_counter() - started)
         if outcome == b"missing":
             return payload
         if outcome[0] == b"done":
@@ -332,6 +350,7 @@ class LuaVM:
         message = _text(outcome[1])
         target = f"client {conn.client_id}" if conn is not None else "a publish"
         log.error("%s: protocol_encode failed for %s: %s", self.name, target, message)
+        self.counters.failed(message)
         first = message.splitlines()[0] if message else "failed"
         raise EncodeError(first if first.startswith("protocol_encode") else f"protocol_encode: {first}")
 

@@ -46,6 +46,7 @@ class SocketServer:
         self.vm = vm
         self.hub = hub
         self.next_client_id = next_client_id
+        self.counters = hub.metrics.server(self)
         self.conns: set[Connection] = set()  # until on_close has run
         self.port = settings.port
         # One encoder object per server: the hub groups subscribers by it,
@@ -139,6 +140,9 @@ class SocketSession(asyncio.Protocol):
             return
         self.buffer += data
         self.unseen = True
+        traffic = self.server.counters.traffic
+        traffic.messages_in += 1
+        traffic.bytes_in += len(data)
         if self.worker is None:
             self._run(None)
         elif len(self.buffer) > self.server.settings.max_packet_size and not self.paused:

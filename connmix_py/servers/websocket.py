@@ -24,6 +24,7 @@ from ..frames import is_utf8
 from ..hub import Hub
 from ..lua.memory import LuaMemoryFull
 from ..lua.vm import LuaVM
+from ..metrics import HANDSHAKE_REFUSED
 from ..textproto import first_values
 from .http_limits import HttpLimits, limited_runner
 from .rfc6455 import ServerWebSocketResponse, close_code_error, unsupported_version
@@ -55,6 +56,7 @@ class WebSocketServer:
         self.vm = vm
         self.hub = hub
         self.next_client_id = next_client_id
+        self.counters = hub.metrics.server(self)
         # Open connections, until their close has finished (the sweeper
         # enforces the write timeout on a close that cannot flush).
         self.conns: set[Connection] = set()
@@ -113,6 +115,7 @@ class WebSocketServer:
         try:
             refused = await self._handshake(request, conn)
             if refused is not None:
+                conn.mark_closed(HANDSHAKE_REFUSED)  # for the metrics' close reason
                 return refused
             try:
                 await ws.prepare(request)
@@ -144,7 +147,7 @@ class WebSocketServer:
         return None
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, conn: Connection) -> None:
-        vm = self.vm
+        vm, traffic = self.vm, self.counters.traffic
         loop = asyncio.get_running_loop()
         closing = _CloseRequest(ws, loop)
         conn.open(request.transport, closing.request)
@@ -166,6 +169,8 @@ class WebSocketServer:
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     binary = kind is WSMsgType.BINARY
+                    traffic.messages_in += 1
+                    traffic.bytes_in += len(msg.data)
                     if not binary and not is_utf8(msg.data):  # a fragmented message comes whole
                         self._fail(conn, CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
                         break
