@@ -129,6 +129,9 @@ class Settings:
     # ours: the largest payload one publish or send may carry (any API, Lua,
     # Python); a bigger one is refused up front instead of reaching clients.
     max_outbound_message_size: int = 16 * 1024 * 1024
+    # ours: seconds a stop gives callbacks still waiting (mix.http.request,
+    # redis) after every client got its 1001 close; then their waits end.
+    shutdown_grace: float = 5.0
     base_dir: str = "."
     source: str = "<settings>"
 
@@ -346,11 +349,14 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>") -
     if "access" in engine:  # ignoring it would leave the API open to someone who thinks it is not
         raise ConfigError("engine.access: access belongs at the top level of connmix.yaml")
     for key in engine:
-        if key not in ("apiServer", "servers", "maxOutboundMessageSize") and key not in _KNOWN_SECTIONS:
+        if (key not in ("apiServer", "servers", "maxOutboundMessageSize", "shutdownGrace")
+                and key not in _KNOWN_SECTIONS):
             unknown.add(f"engine.{key}")
     if "maxOutboundMessageSize" in engine:
         settings.max_outbound_message_size = _positive_int(
             "engine.maxOutboundMessageSize", engine["maxOutboundMessageSize"])
+    if "shutdownGrace" in engine:
+        settings.shutdown_grace = _seconds("engine.shutdownGrace", engine["shutdownGrace"])
     _apply(settings.api_server, engine.get("apiServer"), _API_KEYS, "engine.apiServer", unknown)
     luavm = engine.get("luavm") or {}
     if not isinstance(luavm, dict):
