@@ -19,6 +19,10 @@ RUN useradd --system --user-group --no-create-home --shell /usr/sbin/nologin con
 # mount your own folder (connmix.yaml beside lua/) over /etc/connmix.
 COPY connmix.yaml /etc/connmix/connmix.yaml
 COPY lua /etc/connmix/lua
+# logging.filename is relative to the yaml's folder, which may be mounted
+# read-only: the shipped yaml logs into the state volume instead.
+RUN grep -q 'filename: logs/connmix.log' /etc/connmix/connmix.yaml \
+    && sed -i 's#filename: logs/connmix.log#filename: /var/lib/connmix/logs/connmix.log#' /etc/connmix/connmix.yaml
 VOLUME ["/etc/connmix", "/var/lib/connmix"]
 
 USER connmix

@@ -144,8 +144,8 @@ class Engine:
         for server in self.servers:
             server.close_clients()
         if not await self._all_closed(self.settings.shutdown_grace):
-            log.info("stopping: ending the waits of callbacks still waiting after %gs (engine.shutdownGrace)",
-                     self.settings.shutdown_grace)
+            log.info("stopping: %d connection(s) not finished after engine.shutdownGrace (%gs): "
+                     "ending their waits", len(self.hub.conns), self.settings.shutdown_grace)
         for vm in self.vms:
             vm.end_all_waits()
         for server in self.servers:

@@ -315,6 +315,9 @@ def test_the_dockerfile_runs_the_shipped_config_as_a_user_with_a_health_check():
     command = json.loads(check[check.index("CMD") + 3:])
     assert command[:2] == ["python", "-c"] and "/healthz" in command[2]
     compile(command[2], "HEALTHCHECK", "exec")  # a syntax error would mark every container unhealthy
+    for run in args["RUN"]:  # what a RUN greps for in the shipped yaml must be there
+        if "grep -q" in run:
+            assert run.split("'")[1] in (ROOT / "connmix.yaml").read_text()
     for copy in args["COPY"]:
         for source in copy.split()[:-1]:
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
