@@ -1,4 +1,4 @@
-"""`connmix dev|single|check -f connmix.yaml`."""
+"""`connmix dev|single|check -f connmix.yaml`, `connmix --version`."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from importlib import metadata
 
 from . import logs
 from .config import ConfigError, load_settings
@@ -13,10 +14,20 @@ from .checker import find_problems
 from .engine import Engine, StartupError
 
 log = logging.getLogger("connmix")
+DISTRIBUTION = "connmix-py"  # the name in pyproject.toml
+
+
+def installed_version() -> str:
+    """The version pip installed (package metadata), not a copy in the code."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connmix", description="CONNMIX-compatible long-connection gateway")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("dev", "run everything in one process with debug logging"),
                        ("single", "run everything in one process with production logging"),

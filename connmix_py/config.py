@@ -140,6 +140,9 @@ class Settings:
     max_outbound_message_size: int = 16 * 1024 * 1024
     # ours: seconds between two looks at the yaml's mtime (hot configuration), 0 = never.
     config_reload_interval: float = 1.0
+    # ours: seconds a stop gives callbacks still waiting (mix.http.request,
+    # redis) after every client got its 1001 close; then their waits end.
+    shutdown_grace: float = 5.0
     base_dir: str = "."
     source: str = "<settings>"
 
@@ -397,7 +400,8 @@ def _apply(target: Any, data: Any, keys: dict, where: str, report: _Report,
 
 _TOP_KEYS = ("logging", "engine", "access")
 _ENGINE_KEYS = {"maxOutboundMessageSize": ("max_outbound_message_size", _positive_int),
-                "configReloadInterval": ("config_reload_interval", _seconds)}
+                "configReloadInterval": ("config_reload_interval", _seconds),
+                "shutdownGrace": ("shutdown_grace", _seconds)}
 # Read by their own code (or, broker, by later parts of the engine).
 _ENGINE_SECTIONS = ("apiServer", "servers", "luavm", "broker", "access")
 # CONNMIX's I/O buffer sizes (gorilla/websocket's): asyncio and the kernel

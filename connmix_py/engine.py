@@ -36,6 +36,8 @@ from .servers.websocket import WebSocketServer
 SERVER_KINDS = {"websocket": WebSocketServer, "socket": SocketServer}
 
 log = logging.getLogger("connmix.engine")
+# How often a stop looks whether every connection has finished (seconds).
+CLOSED_POLL = 0.02
 
 
 class StartupError(Exception):
@@ -67,6 +69,10 @@ class Engine:
                                               self.apply_settings) if watchable(self.settings) else None)
         self._restart_notes = RestartNotes()
         self.on_logging_level: Callable[[str], None] | None = None
+        self.stopping = False
+        # /readyz asks each: None when ready, else why not. A broker adds its
+        # connection state here when there is one.
+        self.readiness_checks: list[Callable[[], str | None]] = [self._listening]
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class Engine:
         app = web.Application(client_max_size=16 * 1024 * 1024,
                               middlewares=[request_log.log_request,
                                            access.middleware(lambda: self.settings.access)])
-        http_api.add_routes(app, self.mesh, self.stats, self.metrics)
+        http_api.add_routes(app, self.mesh, self.stats, self.metrics, self.not_ready)
         discovery.add_routes(app, api.bind, lambda: self.api_port)
         self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
@@ -159,9 +165,23 @@ class Engine:
                 await self._api_sessions.end_revoked(new.access)
 
     async def stop(self) -> None:
+        """Stop accepting, close every client with 1001 (each on_close runs),
+        give callbacks still waiting on mix.http.request or redis up to
+        engine.shutdownGrace seconds, then end their waits; then release
+        everything else."""
+        self.stopping = True
         for watcher in self._watchers:
             watcher.cancel()
         self._watchers.clear()
+        for server in self.servers:
+            await server.stop_accepting()
+        for server in self.servers:
+            server.close_clients()
+        if not await self._all_closed(self.settings.shutdown_grace):
+            log.info("stopping: %d connection(s) not finished after engine.shutdownGrace (%gs): "
+                     "ending their waits", len(self.hub.conns), self.settings.shutdown_grace)
+        for vm in self.vms:
+            vm.end_all_waits()
         for server in self.servers:
             await server.stop()
         self.servers.clear()
@@ -175,6 +195,33 @@ class Engine:
         if self._undo_accept_logging is not None:
             self._undo_accept_logging()
             self._undo_accept_logging = None
+
+    async def _all_closed(self, within: float) -> bool:
+        """Wait until every connection has finished (its on_close ran); False
+        when some have not after ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.hub.conns:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(CLOSED_POLL)
+        return True
+
+    # -- probes ------------------------------------------------------------------
+
+    def _listening(self) -> str | None:
+        if len(self.servers) < len(self.settings.servers):
+            return "not every server is listening yet"
+        for i, server in enumerate(self.servers):
+            if not server.listening():
+                return f"engine.servers[{i}] is not listening"
+        return None
+
+    def not_ready(self) -> list[str]:
+        """Why the engine should get no traffic now; empty when ready."""
+        if self.stopping:
+            return ["stopping"]
+        return [reason for check in self.readiness_checks if (reason := check()) is not None]
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:

@@ -31,8 +31,9 @@ from ..config import AccessSettings, AccessUser
 log = logging.getLogger("connmix.api.access")
 
 REALM = "connmix"
-# Load balancers probe it without credentials; it says only "up".
-OPEN_PATHS = frozenset({"/healthz"})
+# Load balancers and orchestrators probe these without credentials; they say
+# only "up" and "ready or not, and why" (stopping, a server not listening).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,4 +1,4 @@
-"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /metrics, /healthz."""
+"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /metrics, /healthz, /readyz."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -24,7 +24,8 @@ def _error(error: ApiError) -> web.Response:
     return _json({"E": error.body()})
 
 
-def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: Metrics) -> None:
+def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: Metrics,
+               not_ready: Callable[[], list[str]]) -> None:
     def endpoint(action: Callable[[Any, Any], Any]):
         async def handle(request: web.Request) -> web.Response:
             try:
@@ -40,6 +41,12 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: M
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
+    async def readyz(request: web.Request) -> web.Response:
+        reasons = not_ready()
+        if reasons:
+            return _json({"status": "not ready", "reasons": reasons}, status=503)
+        return _json({"status": "ready"})
+
     async def get_stats(request: web.Request) -> web.Response:
         return _result(stats())
 
@@ -53,4 +60,5 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: M
 
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", healthz)  # alive: the process answers
+    app.router.add_get("/readyz", readyz)  # ready for traffic (load balancers, Kubernetes)

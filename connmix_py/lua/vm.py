@@ -52,6 +52,8 @@ RETURN_ONLY_AN_ERROR = frozenset({"send", "close", "subscribe", "unsubscribe", "
 # too): CONNMIX's layout keeps helpers in lua/utils/ beside the entry in lua/
 # and requires them by bare name (laravel-chat: require("prettyprint")).
 MODULE_PATHS = ("?.lua", "?/init.lua", "utils/?.lua")
+# What a waiting call returns to the script once a stop ended the waits.
+WAITS_ENDED = (None, b"engine shutting down")
 BRIDGES = (log_lib, json_lib, strings_lib, http_lib, mesh_lib, server_lib, conn_lib, queue_lib, redis_lib,
            codec_lib, php_lib, urls_lib, socket_lib)
 
@@ -110,6 +112,9 @@ class LuaVM:
         self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
         self.to_lua: Callable[[Any], Any] = lambda v: v
         self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
+        # Waiting calls in flight, and whether a stop ended them all (end_all_waits).
+        self._waits: set[asyncio.Future] = set()
+        self._waits_ended = False
         self._current: Connection | None = None
         self._sources: dict[str, int] = {}
 
@@ -278,7 +283,7 @@ class LuaVM:
         cont = self._continue  # the state this callback started in, even after a hot update
         while True:
             try:
-                result = await handle()
+                result = await self._wait(handle)
             except Exception as exc:  # a bug of ours: give the script an error value
                 log.exception("waiting call failed")
                 result = (None, f"internal error: {exc}".encode())
@@ -365,6 +370,26 @@ class LuaVM:
         if self.memory.fits(0):  # else its id cannot even be passed: its state stays
             self._forget(conn.id_bytes)
         self.end_waits(conn)
+
+    async def _wait(self, handle: Callable[[], Awaitable[Any]]) -> Any:
+        """A waiting call's result; WAITS_ENDED once end_all_waits ran."""
+        if self._waits_ended:
+            return WAITS_ENDED
+        wait = asyncio.ensure_future(handle())
+        self._waits.add(wait)
+        try:
+            await asyncio.wait((wait,))
+        finally:
+            self._waits.discard(wait)
+            wait.cancel()  # when our caller was cancelled; a no-op once done
+        return WAITS_ENDED if wait.cancelled() else wait.result()
+
+    def end_all_waits(self) -> None:
+        """Stopping: every waiting call (mix.http.request, redis, ...), now
+        and later, returns nil, "engine shutting down" at once."""
+        self._waits_ended = True
+        for wait in list(self._waits):
+            wait.cancel()
 
     def end_waits(self, conn: Connection) -> None:
         """A closed connection's wait_context_value calls return nil."""

@@ -69,14 +69,24 @@ class SocketServer:
         self._sweeper = asyncio.create_task(
             enforce_timeouts(self.conns, lambda conn, now: conn.session.check_timeouts(now)))
 
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; open connections go on."""
+        if self._server:
+            self._server.close()
+
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def close_clients(self) -> None:
+        for conn in list(self.conns):
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
-        if self._server:
-            self._server.close()
+        await self.stop_accepting()
         sessions = [conn.session for conn in self.conns]
-        for conn in list(self.conns):
-            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        self.close_clients()
         finished = [session.finished for session in sessions]
         if finished:
             _, late = await asyncio.wait(finished, timeout=SHUTDOWN_GRACE)

@@ -80,11 +80,23 @@ class WebSocketServer:
             self.port = site._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(enforce_timeouts(self.conns))
 
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; open connections go on."""
+        if self._runner:
+            for site in list(self._runner.sites):
+                await site.stop()
+
+    def listening(self) -> bool:
+        return self._runner is not None and bool(self._runner.sites)
+
+    def close_clients(self) -> None:
+        for conn in list(self.conns):
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
-        for conn in list(self.conns):
-            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        self.close_clients()
         if self._runner:
             await self._runner.cleanup()
 
