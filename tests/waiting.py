@@ -38,3 +38,16 @@ async def within(timeout: float, what: str) -> AsyncIterator[None]:
         if not limit.expired():  # a shorter wait inside the block ran out: its own error
             raise
         pytest.fail(f"not within {timeout} s: {what}")
+
+
+async def logged_running(proc: asyncio.subprocess.Process, timeout: float = 30) -> list[str]:
+    """Read an engine process's stderr until it logs that it is running; the
+    lines read (a process that exits first fails the test with its output)."""
+    lines: list[str] = []
+    assert proc.stderr is not None
+    async with within(timeout, "the engine logged that it is running"):
+        while not any("running" in line for line in lines):
+            line = (await proc.stderr.readline()).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+    return lines

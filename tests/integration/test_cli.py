@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.waiting import within
+from tests.waiting import logged_running
 
 GOOD_LUA = """
 function on_message(msg)
@@ -149,13 +149,8 @@ async def test_dev_starts_despite_unknown_keys_and_stops_on_sigterm(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "connmix_py", "dev", "-f", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    lines: list[str] = []
     try:
-        async with within(30, "the engine logged that it is running"):
-            while not any("running" in line for line in lines):
-                line = (await proc.stderr.readline()).decode()
-                assert line, "".join(lines)
-                lines.append(line)
+        lines = await logged_running(proc)
         proc.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(proc.stderr.read(), 30)
         assert await asyncio.wait_for(proc.wait(), 30) == 0

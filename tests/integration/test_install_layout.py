@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
-from tests.waiting import within
+from tests.waiting import logged_running
 
 INSTALL = os.path.join(ROOT, "tests", "compat", "install")
 
@@ -63,13 +63,8 @@ async def test_dev_starts_from_the_install_root(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "connmix_py", "dev", "-f", "conf/connmix.yaml", cwd=root,
         env={**os.environ, "PYTHONPATH": ROOT}, stderr=asyncio.subprocess.PIPE)
-    lines: list[str] = []
     try:
-        async with within(30, "the engine logged that it is running"):
-            while not any("running" in line for line in lines):
-                line = (await proc.stderr.readline()).decode()
-                assert line, "".join(lines)
-                lines.append(line)
+        lines = await logged_running(proc)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:

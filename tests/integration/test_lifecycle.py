@@ -26,7 +26,7 @@ from connmix_py.config import Settings
 from tests.conftest import engine_config
 from tests.held_backend import eventually, held_fixture  # noqa: F401  (the held fixture)
 from tests.integration.test_cli import assert_one_clear_line, connmix
-from tests.waiting import within
+from tests.waiting import logged_running
 
 # Hang guards only. A wait the engine failed to end lasts the script's own
 # timeout (120 s for http, 20 s for a blocked redis read): far beyond these.
@@ -233,16 +233,11 @@ async def test_sigterm_with_many_clients_and_publishes_in_flight(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "connmix_py", "single", "-f", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    lines: list[str] = []
     publisher = None
     # No connection limit: aiohttp's default of 100 would hold the 101st client.
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     try:
-        async with within(30, "the engine logged its ports and that it is running"):
-            while not any("running" in line for line in lines):
-                line = (await proc.stderr.readline()).decode()
-                assert line, "".join(lines)
-                lines.append(line)
+        lines = await logged_running(proc)
         ws_port = next(int(line.split(":")[-1].split("/")[0]) for line in lines if "websocket server on" in line)
         api_port = next(int(line.split(":")[-1]) for line in lines if "api server on" in line)
         clients = [await session.ws_connect(f"http://127.0.0.1:{ws_port}/ws") for _ in range(CLIENTS)]
