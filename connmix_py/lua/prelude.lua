@@ -253,9 +253,9 @@ local slice_start_kb, judge_at_kb = 0, 0   -- the running slice's
 -- LuaJIT has no emergency collection: an allocation past the hard cap fails
 -- even when most of the heap is garbage. Its collector lets garbage grow to
 -- the live size again (pause 200%) before it starts; when that could reach
--- the cap, it starts at once and works faster.
--- Paced by the memory in use, garbage included (what a cycle must get
--- through), checked as every slice starts and at each full collection.
+-- the cap, it starts at once and works faster. Paced by the memory in use,
+-- garbage included (what a cycle must get through), as every slice starts
+-- and at each full collection.
 local collector_fast = false
 local function pace_collector(used_kb)
     local fast = memory_cap_kb > 0 and used_kb * 3 >= memory_cap_kb  -- 2x, plus what a cycle lets through
