@@ -20,6 +20,7 @@ from .api import access, discovery, request_log
 from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
+from .console import add_routes as add_console_routes
 from .hot_config import ConfigWatcher, RestartNotes, restart_keys, watchable
 from .hub import Hub
 from .ids import ClientIds
@@ -125,6 +126,7 @@ class Engine:
                                            access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats, self.metrics, self.not_ready)
         discovery.add_routes(app, api.bind, lambda: self.api_port)
+        add_console_routes(app, self.hub, self.metrics, self.ids.node_id)
         self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
                                                           api.body_timeout))
