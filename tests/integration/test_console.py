@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import aiohttp
 import pytest
@@ -20,6 +21,8 @@ from tests.integration.test_message_center import EVENT, start_example
 CHROMIUM = reference_command("chromium", "chromium")
 # Generous: the machine is shared; these guard against a hang, not a speed.
 WAIT_MS = 15_000
+
+NONZERO_RATE = re.compile(r"^(?!0\.0$)\d+\.\d$")
 
 # Echoes frames as they came; "boom" fails the callback (close 1011);
 # "sub <channel>" subscribes and answers the client id.
@@ -115,6 +118,11 @@ async def test_figures_change_after_a_client_connects(start_engine, open_console
     await expect(page.locator("#fig-channels")).to_have_text("1", timeout=WAIT_MS)
     await expect(page.locator("#fig-subscriptions")).to_have_text("1", timeout=WAIT_MS)
     await expect(page.locator("#servers tbody td").nth(3)).to_have_text("1", timeout=WAIT_MS)
+    for _ in range(20):  # messages in and out: the page shows a rate above zero for them
+        await ws.send_str("ping")
+        assert (await ws.receive(timeout=5)).data == "ping"
+    await expect(page.locator("#fig-in-rate")).to_have_text(NONZERO_RATE, timeout=WAIT_MS)
+    await expect(page.locator("#fig-out-rate")).to_have_text(NONZERO_RATE, timeout=WAIT_MS)
     await ws.send_str("boom")  # a Lua error: counted, the client closed with 1011
     assert (await ws.receive(timeout=5)).data == 1011
     await expect(page.locator("#fig-lua-errors")).to_have_text("1", timeout=WAIT_MS)
@@ -282,3 +290,32 @@ async def test_a_read_only_user_sees_the_figures_but_cannot_publish(guarded_engi
     assert (await ws.receive(timeout=5)).data == "allowed"
     # The browser logs the refused request itself; nothing else went wrong.
     assert console.errors == [FORBIDDEN_LOGGED] and writer.errors == []
+
+
+async def test_read_endpoints_answer_without_the_page(start_engine, session):
+    running = await start_engine(SCRIPT)
+    ws = await running.connect()
+    await ws.send_str("sub news")
+    client_id = (await ws.receive(timeout=5)).data
+    async with session.get(running.api_url + "/v1/console/channel") as resp:
+        assert await resp.json() == {"E": {"c": 101, "m": "c must be a non-empty string (channel)"}}
+    async with session.get(running.api_url + "/v1/console/channel?c=news") as resp:
+        subscriber, = (await resp.json())["r"]["subscribers"]
+    assert subscriber["client_id"] == client_id and subscriber["context"] == {"joined": "news"}
+    async with session.get(running.api_url + "/v1/console/channels") as resp:
+        assert (await resp.json())["r"] == {"channels": [{"name": "news", "subscribers": 1}], "total": 1}
+    async with session.get(running.api_url + "/v1/console/summary") as resp:
+        summary = (await resp.json())["r"]
+    assert summary["servers"] == [{"protocol": "websocket", "port": running.engine.server_port(), "path": "/ws",
+                                   "connections": 1}]
+    assert (summary["connections"], summary["channels"], summary["subscriptions"]) == (1, 1, 1)
+    assert summary["messages_in"] == 1 and summary["messages_out"] == 1
+
+
+async def test_read_endpoints_need_the_read_role(guarded_engine, session):
+    url = f"http://127.0.0.1:{guarded_engine.api_port}/v1/console/summary"
+    async with session.get(url) as resp:
+        assert resp.status == 401
+    viewer = {"Authorization": aiohttp.encode_basic_auth(VIEWER["username"], VIEWER["password"])}
+    async with session.get(url, headers=viewer) as resp:
+        assert resp.status == 200 and (await resp.json())["r"]["node"] == 1

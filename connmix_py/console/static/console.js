@@ -169,6 +169,7 @@ async function push(event) {
   const answer = result.body.r;
   const text = kind === "publish" ? `published: delivered to ${answer.s}, failed ${answer.f}` : "sent";
   show($("push-result"), text, "result ok");
+  refresh();  // the figures show the push now, not at the next poll
 }
 
 // -- WebSocket test client ---------------------------------------------------------
@@ -211,7 +212,7 @@ function connect(event) {
   socket.binaryType = "arraybuffer";
   setConnected(true);
   logLine("event", `connecting to ${url}`);
-  socket.onopen = () => logLine("event", "open");
+  socket.onopen = () => { logLine("event", "open"); refresh(); };
   socket.onmessage = (message) => {
     if (typeof message.data === "string") logLine("in", `← ${message.data}`);
     else logLine("in", `← binary ${hex(new Uint8Array(message.data))}`);
