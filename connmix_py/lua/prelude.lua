@@ -24,7 +24,8 @@ local function await(handle, err)
     end
     if in_protocol then
         -- level 3: the script's line calling mix.http.request, redis, ...
-        error(in_protocol .. " cannot wait (mix.http.request, redis, wait_context_value); "
+        error(in_protocol .. " cannot wait (mix.http.request, mix.mesh.publish, mix.mesh.send, redis, "
+            .. "wait_context_value); "
             .. "wait in on_message instead", 3)
     end
     return yield(AWAIT, handle)
@@ -116,8 +117,15 @@ mix = {
         request = function(method, url, opts) return await(py.http_request(method, url, opts)) end,
     },
     mesh = {
-        publish = py.mesh_publish,
-        send = py.mesh_send,
+        publish = function(channel, data, kind) return await(py.mesh_publish(channel, data, kind)) end,
+        -- one result: nil when sent, else why not
+        send = function(client_id, data, kind)
+            local handle, err = py.mesh_send(client_id, data, kind)
+            if handle == nil then
+                return err
+            end
+            return (await(handle))
+        end,
     },
     server = {
         option = py.server_option,

@@ -8,7 +8,6 @@ awaiting one callback before starting the next.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -47,7 +46,7 @@ GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
 # Bridge functions whose one result is an error (nil on success): they put
 # nothing big into Lua, and the memory guard's (nil, err) would read as success.
 RETURN_ONLY_AN_ERROR = frozenset({"send", "close", "subscribe", "unsubscribe", "set_context",
-                                  "set_context_value", "clear_buffer", "mesh_send"})
+                                  "set_context_value", "clear_buffer"})
 # Where require looks, under the entry script's folder (the sandbox's loader
 # too): CONNMIX's layout keeps helpers in lua/utils/ beside the entry in lua/
 # and requires them by bare name (laravel-chat: require("prettyprint")).
@@ -109,7 +108,6 @@ class LuaVM:
         self.runtime: lupa_rt.LuaRuntime | None = None
         self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
         self.to_lua: Callable[[Any], Any] = lambda v: v
-        self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
         self._current: Connection | None = None
         self._sources: dict[str, int] = {}
 
@@ -364,39 +362,4 @@ class LuaVM:
         """Drop the Lua-side state of a closed connection and end its waits."""
         if self.memory.fits(0):  # else its id cannot even be passed: its state stays
             self._forget(conn.id_bytes)
-        self.end_waits(conn)
-
-    def end_waits(self, conn: Connection) -> None:
-        """A closed connection's wait_context_value calls return nil."""
-        for key in [k for k in self._waiters if k[0] == conn.client_id]:
-            for waiter in self._waiters.pop(key):
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    def context_changed(self, conn: Connection) -> None:
-        """Wake wait_context_value calls whose key is now set."""
-        if not self._waiters:
-            return
-        for key in [k for k in self._waiters if k[0] == conn.client_id]:
-            value = conn.context.get(key[1])
-            if value is not None:
-                for waiter in self._waiters.pop(key):
-                    if not waiter.done():
-                        waiter.set_result(value)
-
-    async def wait_context_value(self, conn: Connection, key: str, timeout: float | None) -> Any:
-        value = conn.context.get(key)
-        if value is not None or conn.closing:
-            return value
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault((conn.client_id, key), []).append(waiter)
-        try:
-            return await asyncio.wait_for(waiter, timeout) if timeout else await waiter
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            waiters = self._waiters.get((conn.client_id, key))
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[(conn.client_id, key)]
+        conn.end_waits()

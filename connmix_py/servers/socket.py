@@ -313,7 +313,7 @@ class SocketSession(asyncio.Protocol):
         try:
             worker = self.worker
             if worker is not None and not worker.done():
-                vm.end_waits(conn)
+                conn.end_waits()
                 try:
                     await worker
                 except Exception:
@@ -326,7 +326,7 @@ class SocketSession(asyncio.Protocol):
                 await pending
         finally:
             self.server.conns.discard(conn)
-            self.server.hub.remove(conn)
+            vm.mesh.remove(conn)
             vm.forget(conn)
             if not self.finished.done():
                 self.finished.set_result(None)
