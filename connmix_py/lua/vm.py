@@ -46,7 +46,7 @@ GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
 # Bridge functions whose one result is an error (nil on success): they put
 # nothing big into Lua, and the memory guard's (nil, err) would read as success.
 RETURN_ONLY_AN_ERROR = frozenset({"send", "close", "subscribe", "unsubscribe", "set_context",
-                                  "set_context_value", "clear_buffer"})
+                                  "set_context_value", "clear_buffer", "mesh_send"})
 # Where require looks, under the entry script's folder (the sandbox's loader
 # too): CONNMIX's layout keeps helpers in lua/utils/ beside the entry in lua/
 # and requires them by bare name (laravel-chat: require("prettyprint")).
