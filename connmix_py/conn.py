@@ -63,7 +63,7 @@ class Connection:
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "frames_sent", "send_errors", "blocked_since",
         "block_mark", "big_frames", "encoder", "script_frames", "session", "log", "aborted", "_pending",
-        "_closer", "_loop",
+        "_closer", "_loop", "_waiters",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
@@ -108,6 +108,8 @@ class Connection:
         self.aborted = False  # dropped without a close (no close code was sent)
         self._pending: list[bytes] | None = []
         self._closer: Callable[[int], None] | None = None
+        # context key -> wait_context_value calls waiting for it (None: none ever waited).
+        self._waiters: dict[str, list[asyncio.Future]] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.remote_addr}>"
@@ -155,6 +157,62 @@ class Connection:
         if code is None or self.aborted:
             code = 1006
         self.log.debug("closed: code %d, %s", code, self.close_err or "clean")
+
+    # -- context -------------------------------------------------------------------
+    # One place for a script's conn:set_context* and a backend's conn.call, so
+    # both wake the same wait_context_value calls.
+
+    def set_context(self, context: dict[str, Any]) -> None:
+        self.context = context
+        self._context_changed()
+
+    def set_context_value(self, key: str, value: Any) -> None:
+        """Set one key; None (Lua's nil) removes it."""
+        if value is None:
+            self.context.pop(key, None)
+        else:
+            self.context[key] = value
+        self._context_changed()
+
+    def _context_changed(self) -> None:
+        """Wake wait_context_value calls whose key is now set."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        for key in [k for k in waiters if self.context.get(k) is not None]:
+            value = self.context[key]
+            for waiter in waiters.pop(key):
+                if not waiter.done():
+                    waiter.set_result(value)
+
+    async def wait_context_value(self, key: str, timeout: float | None) -> Any:
+        """The key's value once it is set; None after timeout seconds (None or
+        0: no limit) or when the connection closes."""
+        value = self.context.get(key)
+        if value is not None or self.closing:
+            return value
+        waiter = self._loop.create_future()
+        if self._waiters is None:
+            self._waiters = {}
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout) if timeout else await waiter
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiting = self._waiters.get(key) if self._waiters else None
+            if waiting and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiters[key]
+
+    def end_waits(self) -> None:
+        """The connection closed: its wait_context_value calls return None."""
+        waiters, self._waiters = self._waiters, None
+        for waiting in (waiters or {}).values():
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # -- sending -----------------------------------------------------------------
 

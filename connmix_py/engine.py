@@ -3,7 +3,7 @@ configuration. The CLI and the tests use it the same way:
 
     engine = Engine("connmix.yaml")
     await engine.start()
-    engine.publish("user:1001", '{"msg":"hi"}')
+    await engine.publish("user:1001", '{"msg":"hi"}')
     await engine.stop()
 """
 from __future__ import annotations
@@ -235,18 +235,18 @@ class Engine:
 
     # -- pushing from Python -----------------------------------------------------------
 
-    def publish(self, channel: str, data: str | bytes, type: str = "text") -> tuple[int, int]:
+    async def publish(self, channel: str, data: str | bytes, type: str = "text") -> tuple[int, int]:
         """Deliver to every subscriber of channel: (delivered, failed).
         Raises ValueError (conn.PayloadError) when the payload is over
         engine.maxOutboundMessageSize or is text that is not UTF-8."""
         payload = data.encode() if isinstance(data, str) else data
-        return self.mesh.publish(channel, payload, type == "binary")
+        return await self.mesh.publish(channel, payload, type == "binary")
 
-    def send(self, client_id: str, data: str | bytes, type: str = "text") -> bool:
+    async def send(self, client_id: str, data: str | bytes, type: str = "text") -> bool:
         """Deliver to one client; False when it is unknown or closed.
         Raises ValueError like publish."""
         payload = data.encode() if isinstance(data, str) else data
-        return self.mesh.send(client_id, payload, type == "binary")
+        return await self.mesh.send(client_id, payload, type == "binary")
 
     def stats(self) -> dict[str, int]:
         return self.hub.stats()

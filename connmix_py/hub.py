@@ -32,12 +32,12 @@ class Hub:
         self.conns[conn.client_id] = conn
         self.metrics.connection_opened(conn)
 
-    def remove(self, conn: Connection) -> None:
-        """Forget a closed connection and all its subscriptions."""
+    def remove(self, conn: Connection) -> list[str]:
+        """Forget a closed connection and all its subscriptions; the channels
+        it was the last local subscriber of."""
         if self.conns.pop(conn.client_id, None) is not None:
             self.metrics.connection_closed(conn)
-        for channel in list(conn.channels):
-            self.unsubscribe(conn, channel)
+        return [channel for channel in list(conn.channels) if self.unsubscribe(conn, channel)]
 
     def get(self, client_id: str) -> Connection | None:
         return self.conns.get(client_id)
@@ -45,11 +45,16 @@ class Hub:
     def __iter__(self) -> Iterator[Connection]:
         return iter(list(self.conns.values()))
 
-    def subscribe(self, conn: Connection, channel: str) -> None:
+    # subscribe and unsubscribe report the channel's edges (its first and its
+    # last local subscriber): the only moments the grid needs to hear of.
+
+    def subscribe(self, conn: Connection, channel: str) -> bool:
+        """Add conn to channel; True when it is the channel's first local subscriber."""
         if channel in conn.channels:
-            return
+            return False
         conn.channels.add(channel)
         groups = self.channels.get(channel)
+        first = groups is None
         if groups is None:
             groups = self.channels[channel] = {}
         members = groups.get(conn.encoder)
@@ -57,21 +62,26 @@ class Hub:
             members = groups[conn.encoder] = set()
         members.add(conn)
         self.subscriptions += 1
+        return first
 
-    def unsubscribe(self, conn: Connection, channel: str) -> None:
+    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        """Take conn off channel; True when it was the channel's last local subscriber."""
         if channel not in conn.channels:
-            return
+            return False
         conn.channels.discard(channel)
-        groups = self.channels.get(channel)
-        if groups is not None:
-            members = groups.get(conn.encoder)
-            if members is not None:
-                members.discard(conn)
-                if not members:
-                    del groups[conn.encoder]
-            if not groups:
-                del self.channels[channel]
         self.subscriptions -= 1
+        groups = self.channels.get(channel)
+        if groups is None:
+            return False
+        members = groups.get(conn.encoder)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del groups[conn.encoder]
+        if groups:
+            return False
+        del self.channels[channel]
+        return True
 
     def check_size(self, data: bytes) -> None:
         """Refuse a payload over the outbound limit, before anyone gets it."""

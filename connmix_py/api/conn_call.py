@@ -1,7 +1,8 @@
 """conn.call: a backend changes one client's subscriptions or context.
 
 ``{"c": client_id, "f": function, "a": [arguments]}`` runs the connection
-method of that name as if the client's script had called it; a
+method of that name as if the client's script had called it (through the
+Mesh, which finds the client wherever it is); a
 ``wait_context_value`` waiting in that client's script wakes up. Bad
 params are 101; an unknown or closed client is 301.
 """
@@ -13,22 +14,18 @@ from ..lua.convert import MAX_DEPTH
 from .requests import CALL_FAILED, ApiError, client_id_param, invalid, params_object
 
 
-def conn_call(mesh, params: Any) -> dict[str, bool]:
+async def conn_call(mesh, params: Any) -> dict[str, bool]:
     params = params_object(params)
     client_id = client_id_param(params.get("c"))
     name = params.get("f")
-    function = FUNCTIONS.get(name) if isinstance(name, str) else None
-    if function is None:
-        raise invalid(f"f must be one of {', '.join(FUNCTIONS)} (got {name!r})")
+    prepare = PREPARE.get(name) if isinstance(name, str) else None
+    if prepare is None:
+        raise invalid(f"f must be one of {', '.join(PREPARE)} (got {name!r})")
     args = params.get("a", [])
     if not isinstance(args, list):
         raise invalid("a must be an array of arguments")
-    prepare, apply = function
-    prepared = prepare(args)
-    conn = mesh.hub.get(client_id)
-    if conn is None or conn.closing:
+    if not await mesh.call(client_id, name, prepare(args)):
         raise ApiError(CALL_FAILED, f"execution failed: client {client_id} not found or closed")
-    apply(mesh.hub, conn, prepared)
     return {"s": True}
 
 
@@ -70,36 +67,10 @@ def _stored(value: Any, depth: int) -> Any:
     return value
 
 
-# -- applying them -------------------------------------------------------------------------
-
-
-def _subscribe(hub, conn, channels: list[str]) -> None:
-    for channel in channels:
-        hub.subscribe(conn, channel)
-
-
-def _unsubscribe(hub, conn, channels: list[str]) -> None:
-    for channel in channels:
-        hub.unsubscribe(conn, channel)
-
-
-def _set_context(hub, conn, context: dict) -> None:
-    conn.context = context
-    conn.server.vm.context_changed(conn)
-
-
-def _set_context_value(hub, conn, key_value: tuple[str, Any]) -> None:
-    key, value = key_value
-    if value is None:  # like Lua's nil: the key goes away
-        conn.context.pop(key, None)
-    else:
-        conn.context[key] = value
-    conn.server.vm.context_changed(conn)
-
-
-FUNCTIONS: dict[str, tuple[Callable[[list], Any], Callable[[Any, Any, Any], None]]] = {
-    "subscribe": (_channels, _subscribe),
-    "unsubscribe": (_channels, _unsubscribe),
-    "set_context": (_context, _set_context),
-    "set_context_value": (_context_value, _set_context_value),
+# Each function's argument check; Mesh.call applies it (mesh.CALLS).
+PREPARE: dict[str, Callable[[list], Any]] = {
+    "subscribe": _channels,
+    "unsubscribe": _channels,
+    "set_context": _context,
+    "set_context_value": _context_value,
 }

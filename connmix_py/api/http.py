@@ -1,7 +1,7 @@
 """The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /metrics, /healthz, /readyz."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -26,14 +26,14 @@ def _error(error: ApiError) -> web.Response:
 
 def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: Metrics,
                not_ready: Callable[[], list[str]]) -> None:
-    def endpoint(action: Callable[[Any, Any], Any]):
+    def endpoint(action: Callable[[Any, Any], Awaitable[Any]]):
         async def handle(request: web.Request) -> web.Response:
             try:
                 try:
                     params = orjson.loads(await request.read())
                 except orjson.JSONDecodeError as exc:
                     raise invalid(f"invalid JSON body: {exc}") from None
-                return _result(action(mesh, params))
+                return _result(await action(mesh, params))
             except ApiError as error:
                 return _error(error)
         return handle

@@ -68,19 +68,19 @@ def delivery(params: Any, target: Callable[[Any], str]) -> tuple[str, bytes, boo
         raise invalid("d must be base64 when t is \"binary\"") from None
 
 
-def publish(mesh, params: Any) -> dict[str, int]:
+async def publish(mesh, params: Any) -> dict[str, int]:
     channel, payload, binary = delivery(params, channel_param)
     try:
-        delivered, failed = mesh.publish(channel, payload, binary)
+        delivered, failed = await mesh.publish(channel, payload, binary)
     except PayloadError as exc:  # too big, or text that is not UTF-8: nobody got it
         raise invalid(str(exc)) from None
     return {"s": delivered, "f": failed}
 
 
-def send(mesh, params: Any) -> dict[str, bool]:
+async def send(mesh, params: Any) -> dict[str, bool]:
     client_id, payload, binary = delivery(params, client_id_param)
     try:
-        sent = mesh.send(client_id, payload, binary)
+        sent = await mesh.send(client_id, payload, binary)
     except PayloadError as exc:
         raise invalid(str(exc)) from None
     if not sent:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -28,7 +28,7 @@ log = logging.getLogger("connmix.api")
 # client that stopped reading never lets the close frame out, so it is cut.
 CLOSE_GRACE = 2.0
 
-METHODS: dict[str, Callable[[Any, Any], Any]] = {
+METHODS: dict[str, Callable[[Any, Any], Awaitable[Any]]] = {
     "mesh.publish": requests.publish,
     "mesh.send": requests.send,
     "conn.call": conn_call,
@@ -46,8 +46,9 @@ def _echoable(request_id: Any) -> Any:
     return request_id
 
 
-def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None) -> bytes:
-    """One request frame -> one reply frame."""
+async def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None) -> bytes:
+    """One request frame -> one reply frame. A session handles its frames one
+    after another, so replies come in request order."""
     request_id = None
     try:
         try:
@@ -64,7 +65,7 @@ def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None)
             if bound is None or consumer is None:
                 raise invalid(f"unknown method {name!r}")
             return orjson.dumps({"E": None, "r": bound(consumer, request.get("p")), "i": request_id})
-        return orjson.dumps({"E": None, "r": method(mesh, request.get("p")), "i": request_id})
+        return orjson.dumps({"E": None, "r": await method(mesh, request.get("p")), "i": request_id})
     except ApiError as error:
         return orjson.dumps({"E": error.body(), "i": request_id})
 
@@ -142,9 +143,9 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
                     if msg.data == "ping":
                         await ws.send_str("pong")
                         continue
-                    await ws.send_frame(handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
+                    await ws.send_frame(await handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
                 elif msg.type is WSMsgType.BINARY:
-                    await ws.send_frame(handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
+                    await ws.send_frame(await handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
         finally:
             sessions.open.pop(consumer, None)
             consumer.close()

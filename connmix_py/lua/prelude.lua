@@ -18,16 +18,38 @@ local AWAIT = {}
 -- wait (protocol_encode runs inside a publish).
 local in_protocol = nil
 
+-- level: the script's line calling mix.http.request, redis, ...
+local function refuse_in_protocol(level)
+    if in_protocol then
+        error(in_protocol .. " cannot wait (mix.http.request, mix.mesh.publish, mix.mesh.send, redis, "
+            .. "wait_context_value); wait in on_message instead", level + 1)
+    end
+end
+
 local function await(handle, err)
     if handle == nil then
         return nil, err
     end
-    if in_protocol then
-        -- level 3: the script's line calling mix.http.request, redis, ...
-        error(in_protocol .. " cannot wait (mix.http.request, redis, wait_context_value); "
-            .. "wait in on_message instead", 3)
-    end
+    refuse_in_protocol(3)
     return yield(AWAIT, handle)
+end
+
+-- mix.mesh.publish / send: the bridge returns its results when the broker
+-- finished at once (one node), else a handle to wait on. protocol_* callbacks
+-- are refused either way: whether a call waits is the broker's business, and
+-- a script must not work on one node and fail on a grid.
+local function settled(first, ...)
+    if type(first) == "userdata" then  -- a handle: the broker needs a round trip
+        return yield(AWAIT, first)
+    end
+    return first, ...
+end
+
+local function waits_when_needed(bridge_function)
+    return function(a, b, c)
+        refuse_in_protocol(2)
+        return settled(bridge_function(a, b, c))
+    end
 end
 
 -- connection objects ---------------------------------------------------------
@@ -116,8 +138,8 @@ mix = {
         request = function(method, url, opts) return await(py.http_request(method, url, opts)) end,
     },
     mesh = {
-        publish = py.mesh_publish,
-        send = py.mesh_send,
+        publish = waits_when_needed(py.mesh_publish),
+        send = waits_when_needed(py.mesh_send),
     },
     server = {
         option = py.server_option,

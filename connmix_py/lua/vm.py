@@ -8,7 +8,6 @@ awaiting one callback before starting the next.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -111,7 +110,6 @@ class LuaVM:
         self.runtime: lupa_rt.LuaRuntime | None = None
         self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
         self.to_lua: Callable[[Any], Any] = lambda v: v
-        self._waiters: dict[tuple[str, str], list[asyncio.Future]] = {}
         # Waiting calls in flight, and whether a stop ended them all (end_all_waits).
         self._waits: set[asyncio.Future] = set()
         self._waits_ended = False
@@ -369,7 +367,7 @@ class LuaVM:
         """Drop the Lua-side state of a closed connection and end its waits."""
         if self.memory.fits(0):  # else its id cannot even be passed: its state stays
             self._forget(conn.id_bytes)
-        self.end_waits(conn)
+        conn.end_waits()
 
     async def _wait(self, handle: Callable[[], Awaitable[Any]]) -> Any:
         """A waiting call's result; WAITS_ENDED once end_all_waits ran."""
@@ -390,38 +388,3 @@ class LuaVM:
         self._waits_ended = True
         for wait in list(self._waits):
             wait.cancel()
-
-    def end_waits(self, conn: Connection) -> None:
-        """A closed connection's wait_context_value calls return nil."""
-        for key in [k for k in self._waiters if k[0] == conn.client_id]:
-            for waiter in self._waiters.pop(key):
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    def context_changed(self, conn: Connection) -> None:
-        """Wake wait_context_value calls whose key is now set."""
-        if not self._waiters:
-            return
-        for key in [k for k in self._waiters if k[0] == conn.client_id]:
-            value = conn.context.get(key[1])
-            if value is not None:
-                for waiter in self._waiters.pop(key):
-                    if not waiter.done():
-                        waiter.set_result(value)
-
-    async def wait_context_value(self, conn: Connection, key: str, timeout: float | None) -> Any:
-        value = conn.context.get(key)
-        if value is not None or conn.closing:
-            return value
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault((conn.client_id, key), []).append(waiter)
-        try:
-            return await asyncio.wait_for(waiter, timeout) if timeout else await waiter
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            waiters = self._waiters.get((conn.client_id, key))
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[(conn.client_id, key)]

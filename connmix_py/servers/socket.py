@@ -323,7 +323,7 @@ class SocketSession(asyncio.Protocol):
         try:
             worker = self.worker
             if worker is not None and not worker.done():
-                vm.end_waits(conn)
+                conn.end_waits()
                 try:
                     await worker
                 except Exception:
@@ -336,7 +336,7 @@ class SocketSession(asyncio.Protocol):
                 await pending
         finally:
             self.server.conns.discard(conn)
-            self.server.hub.remove(conn)
+            vm.mesh.remove(conn)
             vm.forget(conn)
             if not self.finished.done():
                 self.finished.set_result(None)

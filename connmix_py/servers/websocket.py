@@ -136,7 +136,7 @@ class WebSocketServer:
             await self._serve(request, ws, conn)
             return ws
         finally:
-            self.hub.remove(conn)
+            self.vm.mesh.remove(conn)
             self.vm.forget(conn)
 
     async def _handshake(self, request: web.Request, conn: Connection) -> web.Response | None:
@@ -245,7 +245,7 @@ class WebSocketServer:
         lost = (conn.close_err or "").startswith(LOST)
         conn.log_closed(None if lost else conn.close_code if conn.close_code is not None else ws.close_code)
         if worker is not None and not worker.done():
-            self.vm.end_waits(conn)
+            conn.end_waits()
             await worker
         pending = self.vm.call(conn, "on_close", conn.id_bytes,
                                conn.close_err.encode() if conn.close_err else None)

@@ -51,7 +51,7 @@ async def test_a_client_that_never_reads_a_big_frame_is_closed_by_the_write_time
     running = await start_engine(SCRIPT, maxSendQueue=QUEUE, writeTimeout=1)
     events = await watcher(running)
     slow, slow_id = await non_reading_subscriber(running)
-    assert running.engine.publish("news", BIG) == (1, 0)  # queued: one frame is not slowness
+    assert await running.engine.publish("news", BIG) == (1, 0)  # queued: one frame is not slowness
     reason = await close_reason(events, slow_id)  # no progress: within about writeTimeout + 1 s
     assert reason == "slow client: a send stayed blocked over 1s"
     slow.drop()
@@ -61,8 +61,8 @@ async def test_only_one_big_frame_is_left_out_of_the_send_queue_bound(start_engi
     running = await start_engine(SCRIPT, maxSendQueue=QUEUE, writeTimeout=30)
     events = await watcher(running)
     slow, slow_id = await non_reading_subscriber(running)
-    assert running.engine.publish("news", BIG) == (1, 0)
-    results = [running.engine.publish("news", b"y" * MB) for _ in range(5)]
+    assert await running.engine.publish("news", BIG) == (1, 0)
+    results = [await running.engine.publish("news", b"y" * MB) for _ in range(5)]
     assert results[:3] == [(1, 0)] * 3 and results[-1] == (0, 1)  # 4 MB beyond the big frame: over
     assert (await close_reason(events, slow_id)).startswith(f"slow client: send queue over {QUEUE} bytes")
     slow.drop()
@@ -121,9 +121,9 @@ async def test_lua_gets_nil_err_for_a_payload_over_the_outbound_limit(limited):
 async def test_python_gets_value_error_for_a_payload_over_the_outbound_limit(limited):
     reader, cid = await subscribed(limited)
     with pytest.raises(ValueError, match="limit of 1000 bytes"):
-        limited.engine.publish("news", "z" * 1001)
+        await limited.engine.publish("news", "z" * 1001)
     with pytest.raises(ValueError, match="limit of 1000 bytes"):
-        limited.engine.send(cid, b"z" * 1001, "binary")
+        await limited.engine.send(cid, b"z" * 1001, "binary")
     await assert_silent(reader)
     assert limited.engine.stats()["connections"] == 1
 

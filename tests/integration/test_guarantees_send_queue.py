@@ -37,7 +37,7 @@ async def test_a_backlog_under_max_send_queue_keeps_the_client(start_engine):
     client = await subscriber(running)
     count = 160  # 10 MB: several MB beyond what the kernel holds, a third of the queue
     for i in range(count):
-        assert running.engine.publish("news", numbered(i)) == (1, 0)
+        assert await running.engine.publish("news", numbered(i)) == (1, 0)
     for i in range(count):
         assert await client.read_frame() == (0x1, numbered(i))
     await client.send_text("still open")
@@ -60,7 +60,7 @@ async def test_a_slow_steady_reader_outlives_write_timeout(start_engine):
         until = loop.time() + seconds  # the workload's length, not a timing check
         while loop.time() < until:
             while published - read < lead:
-                assert engine.publish("news", numbered(published)) == (1, 0), "the client was closed"
+                assert await engine.publish("news", numbered(published)) == (1, 0), "the client was closed"
                 published += 1
             for _ in range(16):  # 1 MB, then a pause: a slow reader, but steady
                 assert await client.read_frame() == (0x1, numbered(read))

@@ -118,7 +118,7 @@ async def test_a_slow_client_is_logged_as_dropped_without_a_close(start_engine, 
     client_id = (await client.read_frame())[1].decode()
     frame = b"x" * 32 * 1024
     async with within(30, "the slow client was dropped"):
-        while running.engine.publish("user:1001", frame) == (1, 0):
+        while await running.engine.publish("user:1001", frame) == (1, 0):
             await asyncio.sleep(0)
     await until(lambda: any("closed" in line for line in lines_of(caplog, client_id)), "the close was logged")
     life = lines_of(caplog, client_id)

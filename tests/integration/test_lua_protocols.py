@@ -85,11 +85,11 @@ async def test_publishes_reach_a_socket_websocket_client_through_protocol_encode
     ws = await session.ws_connect(f"http://127.0.0.1:{port}/")
     await ws.send_str("news")
     assert (await ws.receive(timeout=5)).data == "news"
-    assert running.engine.publish("news", '{"n": 1}') == (1, 0)
+    assert await running.engine.publish("news", '{"n": 1}') == (1, 0)
     assert await receive_json(ws) == {"n": 1}
     # protocol_encode is not told the type: bytes that are not UTF-8 go out
     # as a binary frame (a text frame must be UTF-8).
-    assert running.engine.publish("news", b"\xff\x00", type="binary") == (1, 0)
+    assert await running.engine.publish("news", b"\xff\x00", type="binary") == (1, 0)
     msg = await ws.receive(timeout=5)
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, b"\xff\x00")
 
@@ -235,7 +235,7 @@ async def test_text_protocol(start_engine):
     assert await conn.recv_exactly(6) == b"[two\r]"  # only "\n" ends a packet, as CONNMIX's
     assert await conn.recv_exactly(1) == b"\n"
     assert await conn.recv_line() == "[]"
-    assert running.engine.publish("all", "to all") == (1, 0)
+    assert await running.engine.publish("all", "to all") == (1, 0)
     assert await conn.recv_line() == "to all"  # through protocol_encode: one newline
     flood = await TcpClient.connect(port)
     await flood.send(b"x" * 65536)

@@ -79,9 +79,9 @@ async def test_the_numbers_move_as_a_scenario_runs(start_engine):
     assert value(samples, "connmix_lua_callback_duration_seconds_count", script="entry0.lua") == 4
 
     # publish: counted once, delivered once
-    assert running.engine.publish("room", "news") == (1, 0)
+    assert await running.engine.publish("room", "news") == (1, 0)
     assert (await member.receive(timeout=5)).data == "news"
-    assert running.engine.publish("nobody-listens", "x") == (0, 0)
+    assert await running.engine.publish("nobody-listens", "x") == (0, 0)
     samples = await scrape(running)
     assert value(samples, "connmix_publishes_total") == 2
     assert value(samples, "connmix_deliveries_total") == 1
@@ -112,7 +112,7 @@ async def test_the_numbers_move_as_a_scenario_runs(start_engine):
     assert await slow.read_frame() == (0x1, b"subscribed")
     big = "x" * 64 * 1024
     for _ in range(512):  # 32 MB: far beyond what the kernel's buffers hold
-        running.engine.publish("slow", big)
+        await running.engine.publish("slow", big)
         if running.engine.stats()["connections"] == 2:
             break
     await until(lambda: running.engine.stats()["connections"] == 2, "the slow client is dropped")
@@ -204,7 +204,7 @@ async def test_socket_servers_count_by_their_protocol(start_engine):
     client = await TcpClient.connect(running.engine.server_port())
     await client.send_line("sub")
     assert await client.recv_line() == "ok"
-    assert running.engine.publish("room", "news") == (1, 0)
+    assert await running.engine.publish("room", "news") == (1, 0)
     assert await client.recv_line() == "news"
     samples = await scrape(running)
     assert value(samples, "connmix_engine_servers_clients", **server) == 1
@@ -216,7 +216,7 @@ async def test_socket_servers_count_by_their_protocol(start_engine):
     assert value(samples, "connmix_engine_servers_send_errors_total", protocol="socket") == 0
 
     # protocol_encode fails for a publish: a send error and a Lua error, nothing written
-    assert running.engine.publish("room", "unencodable") == (0, 1)
+    assert await running.engine.publish("room", "unencodable") == (0, 1)
     samples = await scrape(running)
     assert value(samples, "connmix_engine_servers_send_errors_total", protocol="socket") == 1
     assert value(samples, "connmix_lua_errors_total", script="entry0.lua") == 1

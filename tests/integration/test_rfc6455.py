@@ -265,11 +265,11 @@ async def test_python_publish_and_send_raise_value_error_for_text_that_is_not_ut
     reader = await running.connect()
     cid, = await ask(reader, 'conn:subscribe("news"); return conn:client_id()')
     with pytest.raises(ValueError, match="UTF-8"):
-        running.engine.publish("news", NOT_UTF8)
+        await running.engine.publish("news", NOT_UTF8)
     with pytest.raises(ValueError, match="UTF-8"):
-        running.engine.send(cid, NOT_UTF8)
+        await running.engine.send(cid, NOT_UTF8)
     await assert_silent(reader)
-    assert running.engine.publish("news", NOT_UTF8, "binary") == (1, 0)
+    assert await running.engine.publish("news", NOT_UTF8, "binary") == (1, 0)
 
 
 SOCKET_SCRIPT = r"""
@@ -312,7 +312,7 @@ async def test_socket_servers_carry_text_that_is_not_utf8(tmp_path):
         assert await client.recv_exactly(3) == b"ok\n"
         await client.send(b"caf\xc3\n")  # conn:send appends \255
         assert await client.recv_exactly(6) == b"caf\xc3\xff\n"
-        assert engine.publish("bytes", NOT_UTF8) == (1, 0)
+        assert await engine.publish("bytes", NOT_UTF8) == (1, 0)
         assert await client.recv_exactly(5) == NOT_UTF8 + b"\n"
     finally:
         await engine.stop()

@@ -433,7 +433,7 @@ async def test_a_client_that_does_not_read_is_closed_as_slow(start_engine):
     client_id = await ask(stuck, "id")
     assert await ask(stuck, "sub flood") == "subscribed"
     for _ in range(2000):  # until the kernel's buffers are full too (at most 200 MB)
-        delivered, _ = running.engine.publish("flood", "y" * 100_000)
+        delivered, _ = await running.engine.publish("flood", "y" * 100_000)
         if not delivered:
             break
         await asyncio.sleep(0)
@@ -626,7 +626,7 @@ async def test_a_publish_reaches_websocket_and_socket_subscribers(tmp_path, sess
         assert (await ws.receive(timeout=5)).data == "ok clear_buffer: not a socket connection"
         tcp = await TcpClient.connect(engine.server_port(1))
         assert await ask(tcp, "sub mixed") == "subscribed"
-        assert engine.publish("mixed", '{"n": 1}') == (2, 0)
+        assert await engine.publish("mixed", '{"n": 1}') == (2, 0)
         assert await receive_json(ws) == {"n": 1}
         assert await tcp.recv_line() == '{"n": 1}'
         await tcp.send_line("pub mixed from-tcp")

@@ -298,7 +298,7 @@ async def test_a_client_that_never_reads_is_closed_and_others_get_everything(sta
     rss_before = rss_bytes()
     peak_queued = 0
     for i in range(1000):  # 10 MB, one publish at a time, read by the reader as it goes
-        engine.publish("news", numbered(i))
+        await engine.publish("news", numbered(i))
         peak_queued = max(peak_queued, transport.get_write_buffer_size())
         msg = await reader.receive(timeout=5)
         assert msg.data.encode() == numbered(i)
@@ -323,7 +323,7 @@ async def test_a_blocked_send_past_write_timeout_closes_the_client(start_engine)
     events = await watcher(running)
     slow, slow_id = await non_reading_subscriber(running)
     for i in range(800):  # 8 MB: more than the kernel buffers hold
-        running.engine.publish("news", numbered(i))
+        await running.engine.publish("news", numbered(i))
     event = await closed_event(events, slow_id)  # within about writeTimeout + 1 s
     assert event["err"] == "slow client: a send stayed blocked over 1s"
     slow.drop()
@@ -335,7 +335,7 @@ async def test_closing_a_client_that_never_reads_does_not_hang(start_engine):
     events = await watcher(running)
     slow, slow_id = await non_reading_subscriber(running)
     for i in range(800):
-        running.engine.publish("news", numbered(i))
+        await running.engine.publish("news", numbered(i))
     await slow.send_text("close")  # conn:close() waits for a flush that never comes
     event = await closed_event(events, slow_id)
     assert event["err"].startswith("slow client")

@@ -32,7 +32,7 @@ def context_table(value) -> dict | None:
 
 
 def bridge(vm) -> dict:
-    lookup, to_lua, hub = vm.lookup, vm.to_lua, vm.hub
+    lookup, to_lua, hub, mesh = vm.lookup, vm.to_lua, vm.hub, vm.mesh
 
     def remote_addr(cid, *_):
         conn = lookup(cid)
@@ -58,8 +58,7 @@ def bridge(vm) -> dict:
             return err(f"set_context: {exc}")
         if value is None:
             return bad_argument(1, "set_context", "table", table)[1]
-        conn.context = value
-        vm.context_changed(conn)
+        conn.set_context(value)
         return None
 
     def set_context_value(cid, key=None, value=None, *_):
@@ -73,12 +72,7 @@ def bridge(vm) -> dict:
             converted = from_lua(value)
         except ConversionError as exc:
             return err(f"set_context_value: {exc}")
-        name_text = name.decode("utf-8", "replace")
-        if converted is None:
-            conn.context.pop(name_text, None)
-        else:
-            conn.context[name_text] = converted
-        vm.context_changed(conn)
+        conn.set_context_value(name.decode("utf-8", "replace"), converted)
         return None
 
     def wait_context_value(cid, key=None, timeout=None, *_):
@@ -95,15 +89,15 @@ def bridge(vm) -> dict:
         async def wait():
             if timeout == 0:  # a zero timeout looks once and never waits
                 return to_lua(conn.context.get(name_text)), None
-            value = await vm.wait_context_value(conn, name_text, timeout)
+            value = await conn.wait_context_value(name_text, timeout)
             return to_lua(value), None
         return wait, None
 
     def subscribe(cid, *channels):
-        return _change_subscriptions(cid, channels, "subscribe", hub.subscribe)
+        return _change_subscriptions(cid, channels, "subscribe", mesh.subscribe)
 
     def unsubscribe(cid, *channels):
-        return _change_subscriptions(cid, channels, "unsubscribe", hub.unsubscribe)
+        return _change_subscriptions(cid, channels, "unsubscribe", mesh.unsubscribe)
 
     def _change_subscriptions(cid, channels, fname, apply):
         conn = lookup(cid)
