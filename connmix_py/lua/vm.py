@@ -8,6 +8,7 @@ awaiting one callback before starting the next.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
