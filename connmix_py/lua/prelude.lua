@@ -35,11 +35,13 @@ local function await(handle, err)
 end
 
 -- mix.mesh.publish / send: the bridge returns its results when the broker
--- finished at once (one node), else a handle to wait on. protocol_* callbacks
--- are refused either way: whether a call waits is the broker's business, and
--- a script must not work on one node and fail on a grid.
+-- finished at once (one node), else a handle to wait on. protocol_encode runs
+-- inside a send or a publish: it may do neither. protocol_input and
+-- protocol_decode get the results when no round trip is needed (one node, as
+-- in CONNMIX, where a publish never waits); one that would wait is refused.
 local function settled(first, ...)
     if type(first) == "userdata" then  -- a handle: the broker needs a round trip
+        refuse_in_protocol(2)
         return yield(AWAIT, first)
     end
     return first, ...
@@ -47,7 +49,9 @@ end
 
 local function waits_when_needed(bridge_function)
     return function(a, b, c)
-        refuse_in_protocol(2)
+        if in_protocol == "protocol_encode" then
+            refuse_in_protocol(2)
+        end
         return settled(bridge_function(a, b, c))
     end
 end

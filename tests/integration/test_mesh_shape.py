@@ -246,20 +246,35 @@ end
 """
 
 
-async def test_protocol_callbacks_that_publish_get_a_clear_error(start_engine, caplog):
+async def test_protocol_encode_may_not_publish_but_protocol_input_may_on_one_node(start_engine, caplog):
+    """protocol_encode runs inside a send or publish: publishing there is a
+    clear error that fails that send only. protocol_input may publish when
+    the broker needs no round trip (one node), as CONNMIX scripts do."""
     running = await start_engine(PROTOCOL_PUBLISHER, protocol="socket")
     port = running.engine.server_port()
-    subscriber, bad = await TcpClient.connect(port), await TcpClient.connect(port)
+    subscriber, publisher = await TcpClient.connect(port), await TcpClient.connect(port)
     await subscriber.send_line("sub")
     assert await subscriber.recv_line() == "subscribed"
     with caplog.at_level(logging.ERROR, logger="connmix.lua"):
         await subscriber.send_line("send-encode")  # protocol_encode's send fails that send only
         assert (await subscriber.recv_line()).startswith("send failed: client ")
-        await bad.send_line("pub-in-input")
-        await bad.assert_closed()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "protocol_encode cannot wait (mix.http.request, mix.mesh.publish, mix.mesh.send" in logged
-    assert "protocol_input cannot wait (mix.http.request, mix.mesh.publish, mix.mesh.send" in logged
-    await subscriber.send_line("pub still served")  # nobody got "from protocol_input"
+    await publisher.send_line("pub-in-input")
+    assert await subscriber.recv_line() == "from protocol_input"
+    await subscriber.send_line("pub still served")
     assert await subscriber.recv_line() == "still served"
     assert await subscriber.recv_line() == "published 1 0"
+
+
+async def test_protocol_input_publishing_through_a_broker_that_waits_is_refused(start_engine, caplog):
+    running = await start_engine(PROTOCOL_PUBLISHER, protocol="socket")
+    broker = recording(running)
+    broker.hold = asyncio.Event()  # as a broker's round trip: the publish cannot finish at once
+    publisher = await TcpClient.connect(running.engine.server_port())
+    with caplog.at_level(logging.ERROR, logger="connmix.lua"):
+        await publisher.send_line("pub-in-input")
+        await publisher.assert_closed()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "protocol_input cannot wait (mix.http.request, mix.mesh.publish, mix.mesh.send" in logged
+    broker.hold.set()
