@@ -10,24 +10,18 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..lua.convert import MAX_DEPTH
-from .requests import CALL_FAILED, ApiError, client_id_param, invalid, params_object
+from . import schema
+from .requests import CALL_FAILED, ApiError, checked, client_id, invalid
 
 
 def conn_call(mesh, params: Any) -> dict[str, bool]:
-    params = params_object(params)
-    client_id = client_id_param(params.get("c"))
-    name = params.get("f")
-    function = FUNCTIONS.get(name) if isinstance(name, str) else None
-    if function is None:
-        raise invalid(f"f must be one of {', '.join(FUNCTIONS)} (got {name!r})")
-    args = params.get("a", [])
-    if not isinstance(args, list):
-        raise invalid("a must be an array of arguments")
-    prepare, apply = function
-    prepared = prepare(args)
-    conn = mesh.hub.get(client_id)
+    values = checked(schema.CONN_CALL, params)
+    target = client_id(values["c"])
+    prepare, apply = FUNCTIONS[values["f"]]
+    prepared = prepare(values["a"])
+    conn = mesh.hub.get(target)
     if conn is None or conn.closing:
-        raise ApiError(CALL_FAILED, f"execution failed: client {client_id} not found or closed")
+        raise ApiError(CALL_FAILED, f"execution failed: client {target} not found or closed")
     apply(mesh.hub, conn, prepared)
     return {"s": True}
 
@@ -97,9 +91,11 @@ def _set_context_value(hub, conn, key_value: tuple[str, Any]) -> None:
     conn.server.vm.context_changed(conn)
 
 
+# The names are schema.CALL_FUNCTION's enum (checked at import below).
 FUNCTIONS: dict[str, tuple[Callable[[list], Any], Callable[[Any, Any, Any], None]]] = {
     "subscribe": (_channels, _subscribe),
     "unsubscribe": (_channels, _unsubscribe),
     "set_context": (_context, _set_context),
     "set_context_value": (_context_value, _set_context_value),
 }
+assert list(FUNCTIONS) == schema.CALL_FUNCTION["enum"], "schema.CALL_FUNCTION lists conn.call's functions"
