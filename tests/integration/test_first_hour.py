@@ -3,9 +3,19 @@ would (real processes, real ports, real clients)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import sys
 
 import aiohttp
+import pytest
+
+from tests.conftest import EXAMPLE_DIR, ROOT
+from tests.helpers import receive_json
+from tests.integration.test_message_center import start_example
+from tests.ports import reserved_port
+from tests.waiting import logged_running
 
 SCRIPT = """
 function on_message(msg)
@@ -33,3 +43,86 @@ async def test_client_used_without_with_closes_its_session_at_exit(start_engine)
         sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert (process.returncode, out.decode(), err.decode()) == (0, "Published(delivered=0, failed=0)\n", "")
+
+
+# -- examples/message-center: ports, one-line errors, and the script's replies ----------------
+
+MAIN = os.path.join(EXAMPLE_DIR, "main.py")
+
+
+async def run_main(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, MAIN, *args, cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+@pytest.mark.parametrize("flag", ["--ws-port", "--api-port", "--auth-port"])
+async def test_main_with_a_busy_port_prints_one_line_and_exits_1(flag):
+    with socket.socket() as taken, reserved_port() as ws, reserved_port() as api, reserved_port() as auth:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {"--ws-port": ws, "--api-port": api, "--auth-port": auth,
+                 flag: taken.getsockname()[1]}
+        process = await run_main(*(str(part) for pair in ports.items() for part in pair))
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    text = err.decode()
+    errors = [line for line in text.splitlines() if " ERROR " in line or "error" in line.lower()]
+    assert process.returncode == 1, text
+    assert "Traceback" not in text and len(errors) == 1, text
+    assert "cannot listen" in errors[0] and "in use" in errors[0], errors[0]
+    assert flag in errors[0], errors[0]
+
+
+async def test_main_takes_its_ports_from_the_command_line(session):
+    with reserved_port() as ws_port, reserved_port() as api_port, reserved_port() as auth_port:
+        process = await run_main("--ws-port", str(ws_port), "--api-port", str(api_port),
+                                 "--auth-port", str(auth_port))
+        try:
+            await logged_running(process)
+            ws = await session.ws_connect(f"http://127.0.0.1:{ws_port}/message-center")
+            await ws.send_str('{"op":"auth","token":"***"}')  # the script asks the auth app on auth_port
+            assert await receive_json(ws) == {"result": True}
+            await ws.send_str('{"op":"subscribe","channel":"@user"}')
+            assert await receive_json(ws) == {"result": True}
+            # The auth app publishes through the API on api_port.
+            async with session.post(f"http://127.0.0.1:{auth_port}/send_message",
+                                    json={"uid": 1001, "msg": "hi"}) as resp:
+                assert (await resp.json())["r"] == {"s": 1, "f": 0}
+            assert await receive_json(ws) == {"event": "@user", "data": {"uid": 1001, "msg": "hi"}}
+            await ws.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0
+
+
+@pytest.fixture
+async def message_center(auth_app, tmp_path):
+    center = await start_example(auth_app, tmp_path)
+    yield center
+    await center.engine.stop()
+
+
+@pytest.mark.parametrize("frame, code", [
+    ('{"op":"auth","token":"wrong"}', 2),
+    ("not json", 3),
+    ("[1, 2]", 4),  # a JSON array: no op in it
+    (b"\x01\x02", 3),
+    ('{"op":"publish","channel":"@user"}', 4),
+    ('{"channel":"@user"}', 4),
+    ('{"op":"subscribe","channel":"user"}', 5),
+    ('{"op":"subscribe"}', 5),
+    ('{"op":"subscribe","channel":"@group"}', 5),
+    ('{"op":"subscribe","channel":"@user"}', 1),
+], ids=["wrong-token", "not-json", "array", "binary", "unknown-op", "no-op", "channel-without-at",
+        "no-channel", "unknown-channel-type", "not-authenticated"])
+async def test_example_answers_every_refused_request_with_code_and_msg(message_center, session, frame, code):
+    ws = await session.ws_connect(message_center.ws_url)
+    await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+    reply = await receive_json(ws)
+    assert reply["code"] == code and isinstance(reply["msg"], str) and reply["msg"], reply
+    if code == 2:  # a wrong token: answered, then closed
+        msg = await ws.receive(timeout=5)
+        assert msg.type.name in ("CLOSE", "CLOSED")
+    else:  # the connection stays usable
+        await ws.send_str('{"op":"auth","token":"***"}')
+        assert await receive_json(ws) == {"result": True}
