@@ -11,11 +11,12 @@ import sys
 import aiohttp
 import pytest
 
+from connmix_py import Engine, load_settings
 from tests.conftest import EXAMPLE_DIR, ROOT
 from tests.helpers import receive_json
 from tests.integration.test_message_center import start_example
 from tests.ports import reserved_port
-from tests.waiting import logged_running
+from tests.waiting import logged_running, within
 
 SCRIPT = """
 function on_message(msg)
@@ -126,3 +127,51 @@ async def test_example_answers_every_refused_request_with_code_and_msg(message_c
     else:  # the connection stays usable
         await ws.send_str('{"op":"auth","token":"***"}')
         assert await receive_json(ws) == {"result": True}
+
+
+# -- examples/chat-consumer/worker.py: says that it consumes, and that it reconnects ---------
+
+CHAT = os.path.join(ROOT, "examples", "chat-consumer")
+
+
+async def start_chat_engine(api_port: int) -> Engine:
+    settings = load_settings(os.path.join(CHAT, "connmix.yaml"))
+    settings.api_server.port = api_port
+    settings.servers[0].port = 0
+    engine = Engine(settings)
+    await engine.start()
+    return engine
+
+
+async def read_until(process: asyncio.subprocess.Process, text: str) -> str:
+    """The worker's stderr up to the first line containing text."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    async with within(20, f"the worker logged {text!r}"):
+        while not lines or text not in lines[-1]:
+            line = (await process.stderr.readline()).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+    return "".join(lines)
+
+
+async def test_chat_worker_logs_that_it_consumes_and_reconnects(session):
+    with reserved_port() as api_port:  # the engine comes back on the same port
+        engine = await start_chat_engine(api_port)
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.join(CHAT, "worker.py"), f"http://127.0.0.1:{api_port}",
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            await read_until(worker, "consuming chat from")
+            ws = await session.ws_connect(f"http://127.0.0.1:{engine.server_port()}/chat")
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=10)).data == "you said: hello"
+            await read_until(worker, "answered client")
+            await engine.stop()
+            await read_until(worker, "connecting again")
+            engine = await start_chat_engine(api_port)
+            await read_until(worker, "consuming chat from")
+        finally:
+            worker.send_signal(signal.SIGINT)
+            await asyncio.wait_for(worker.communicate(), timeout=30)
+            await engine.stop()
