@@ -68,13 +68,13 @@ async def main(args: argparse.Namespace) -> int:
             flag = next((flag for key, flag in FLAGS.items() if problem.startswith(key)), None)
             log.error("%s%s", problem, f" ({flag})" if flag else "")
         return 1
-    path = engine.settings.servers[0].path
-    log.info("message centre running: ws://127.0.0.1:%d%s, API http://127.0.0.1:%d, auth app http://127.0.0.1:%d"
-             " (Ctrl-C stops)", engine.server_port(), path, engine.api_port, args.auth_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    path = engine.settings.servers[0].path
+    log.info("message centre running: ws://127.0.0.1:%d%s, API http://127.0.0.1:%d, auth app http://127.0.0.1:%d"
+             " (Ctrl-C stops)", engine.server_port(), path, engine.api_port, runner.addresses[0][1])
     await stop.wait()
     await engine.stop()
     await runner.cleanup()

@@ -49,11 +49,25 @@ async def test_client_used_without_with_closes_its_session_at_exit(start_engine)
 # -- examples/message-center: ports, one-line errors, and the script's replies ----------------
 
 MAIN = os.path.join(EXAMPLE_DIR, "main.py")
+EMBEDDING = os.path.join(ROOT, "examples", "embedding", "main.py")
+
+
+async def run_example(program: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, program, *args, cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
 async def run_main(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(sys.executable, MAIN, *args, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    return await run_example(MAIN, *args)
+
+
+def assert_one_error_line(process: asyncio.subprocess.Process, err: bytes, *expected: str) -> None:
+    text = err.decode()
+    errors = [line for line in text.splitlines() if " ERROR " in line or "error" in line.lower()]
+    assert process.returncode == 1, text
+    assert "Traceback" not in text and len(errors) == 1, text
+    for part in expected:
+        assert part in errors[0], errors[0]
 
 
 @pytest.mark.parametrize("flag", ["--ws-port", "--api-port", "--auth-port"])
@@ -65,12 +79,7 @@ async def test_main_with_a_busy_port_prints_one_line_and_exits_1(flag):
                  flag: taken.getsockname()[1]}
         process = await run_main(*(str(part) for pair in ports.items() for part in pair))
         _, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    text = err.decode()
-    errors = [line for line in text.splitlines() if " ERROR " in line or "error" in line.lower()]
-    assert process.returncode == 1, text
-    assert "Traceback" not in text and len(errors) == 1, text
-    assert "cannot listen" in errors[0] and "in use" in errors[0], errors[0]
-    assert flag in errors[0], errors[0]
+    assert_one_error_line(process, err, "cannot listen", "in use", flag)
 
 
 async def test_main_takes_its_ports_from_the_command_line(session):
@@ -175,3 +184,58 @@ async def test_chat_worker_logs_that_it_consumes_and_reconnects(session):
             worker.send_signal(signal.SIGINT)
             await asyncio.wait_for(worker.communicate(), timeout=30)
             await engine.stop()
+
+
+# -- examples/embedding: the engine inside a Python program ------------------------------------
+
+async def test_embedding_example_runs_publishes_and_stops_on_sigterm(session):
+    with reserved_port() as ws_port, reserved_port() as api_port:
+        process = await run_example(EMBEDDING, "--ws-port", str(ws_port), "--api-port", str(api_port))
+        try:
+            await logged_running(process)
+            ws = await session.ws_connect(f"http://127.0.0.1:{ws_port}/ws")
+            await ws.send_str("news")
+            assert (await ws.receive(timeout=10)).data == "subscribed news"
+            assert (await ws.receive(timeout=10)).data.startswith("tick ")  # published from Python
+            await ws.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, err.decode()
+
+
+async def test_embedding_example_with_a_busy_port_prints_one_line():
+    with socket.socket() as taken, reserved_port() as ws_port:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process = await run_example(EMBEDDING, "--ws-port", str(ws_port), "--api-port", str(taken.getsockname()[1]))
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert_one_error_line(process, err, "engine.apiServer.port", "cannot listen")
+
+
+# -- scripts/run-example: the README's first command, run a second time --------------------------
+
+async def run_example_script(venv: str, *ports: int) -> tuple[str, int]:
+    """scripts/run-example until the example runs; (what it printed, exit status after SIGTERM)."""
+    args = ("--ws-port", str(ports[0]), "--api-port", str(ports[1]), "--auth-port", str(ports[2]))
+    process = await asyncio.create_subprocess_exec(
+        os.path.join(ROOT, "scripts", "run-example"), *args, env={**os.environ, "CONNMIX_VENV": venv},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        lines = await logged_running(process, timeout=100)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=30)
+    return "".join(lines), process.returncode
+
+
+@pytest.mark.timeout(240)  # the first run may pip install (a hang guard, not a goal)
+async def test_run_example_second_run_skips_the_install_and_says_so():
+    venv = os.path.dirname(os.path.dirname(sys.executable))  # the tests' own venv, already installed
+    with reserved_port() as ws_port, reserved_port() as api_port, reserved_port() as auth_port:
+        await run_example_script(venv, ws_port, api_port, auth_port)  # installs only if never stamped
+        output, code = await run_example_script(venv, ws_port, api_port, auth_port)
+    assert code == 0, output
+    assert "up to date" in output and "installing" not in output and "creating" not in output, output
+    assert "starting examples/message-center/main.py" in output, output
+    assert f"ws://127.0.0.1:{ws_port}/message-center" in output, output
