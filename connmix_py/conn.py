@@ -36,6 +36,9 @@ CLOSE_INVALID_TEXT = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+# 1011's reason, to the client and on_close: no path, no message (a secret may be in
+# it); the whole error is in the log.
+LUA_ERROR_REASON = "lua error"
 
 # Frames a connection may hold before its upgrade completes (sent on open).
 _MAX_PENDING_FRAMES = 1024

@@ -11,21 +11,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..lua.convert import MAX_DEPTH
-from .requests import CALL_FAILED, ApiError, client_id_param, invalid, params_object
+from . import schema
+from .requests import CALL_FAILED, ApiError, checked, client_id, invalid
 
 
 async def conn_call(mesh, params: Any) -> dict[str, bool]:
-    params = params_object(params)
-    client_id = client_id_param(params.get("c"))
-    name = params.get("f")
-    prepare = PREPARE.get(name) if isinstance(name, str) else None
-    if prepare is None:
-        raise invalid(f"f must be one of {', '.join(PREPARE)} (got {name!r})")
-    args = params.get("a", [])
-    if not isinstance(args, list):
-        raise invalid("a must be an array of arguments")
-    if not await mesh.call(client_id, name, prepare(args)):
-        raise ApiError(CALL_FAILED, f"execution failed: client {client_id} not found or closed")
+    values = checked(schema.CONN_CALL, params)
+    target, name = client_id(values["c"]), values["f"]
+    if not await mesh.call(target, name, PREPARE[name](values["a"])):
+        raise ApiError(CALL_FAILED, f"execution failed: client {target} not found or closed")
     return {"s": True}
 
 
@@ -74,3 +68,4 @@ PREPARE: dict[str, Callable[[list], Any]] = {
     "set_context": _context,
     "set_context_value": _context_value,
 }
+assert list(PREPARE) == schema.CALL_FUNCTION["enum"], "schema.CALL_FUNCTION lists conn.call's functions"

@@ -1,4 +1,5 @@
-"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /metrics, /healthz, /readyz."""
+"""The HTTP API on apiServer: /v1/mesh/*, /v1/conn/call, /v1/stats, /metrics, /healthz, /readyz,
+and /v1/openapi.json describing them (schema.py)."""
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
@@ -7,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from ..metrics import CONTENT_TYPE, Metrics
-from . import requests
+from . import requests, schema
 from .conn_call import conn_call
 from .requests import ApiError, invalid
 
@@ -58,6 +59,13 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: M
         # Prometheus text format; a GET, so the access middleware asks for role read.
         return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
+    from ..cli import installed_version  # here: cli imports the engine, which imports this module
+    document = orjson.dumps(schema.openapi(installed_version()))
+
+    async def get_openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)  # alive: the process answers

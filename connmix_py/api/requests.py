@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Callable
+from typing import Any
 
 from ..codes import (  # noqa: F401  (re-exported)
     ALREADY_CONSUMED, CALL_FAILED, CONSUME_FAILED, INVALID_ARGUMENT, SEND_FAILED, UNPOP_FAILED)
 from ..conn import PayloadError
-from ..ids import MAX_ID
+from . import schema
 
 
 class ApiError(Exception):
@@ -32,36 +32,41 @@ def params_object(params: Any) -> dict:
     return params
 
 
+def checked(shape: dict, params: Any) -> dict:
+    """params checked against a schema.py request shape: each property's
+    value (its default when absent), or 101 naming the first field wrong."""
+    params = params_object(params)
+    values = {}
+    for name, rule in shape["properties"].items():
+        if name not in params and name not in shape["required"]:
+            values[name] = rule.get("default")
+            continue
+        value = params.get(name)
+        if not schema.matches(rule, value):
+            raise invalid(f"{name} must be {rule['description']}")
+        values[name] = value
+    return values
+
+
 def channel_param(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise invalid("c must be a non-empty string (channel)")
+    """A channel name alone (the console's inspector), checked as publish's ``c``."""
+    if not schema.matches(schema.CHANNEL, value):
+        raise invalid(f"c must be {schema.CHANNEL['description']}")
     return value
 
 
-def client_id_param(value: Any) -> str:
-    """A client id in ``c``: a string, or a JSON integer as CONNMIX's PHP
-    client sends it. orjson reads integers exactly (a float could not hold a
-    19-digit id), so only a true int is taken: 1.5e18 or true is refused."""
-    if type(value) is int and 0 <= value <= MAX_ID:
-        return str(value)
-    if isinstance(value, str) and value:
-        return value
-    raise invalid("c must be a client id: a non-empty string or a non-negative JSON integer below 2^63")
+def client_id(value: str | int) -> str:
+    """A checked client id as the hub keys it: CONNMIX's PHP client sends a
+    JSON integer (orjson reads it exactly, a float could not hold 19 digits)."""
+    return str(value)
 
 
-def delivery(params: Any, target: Callable[[Any], str]) -> tuple[str, bytes, bool]:
+def delivery(shape: dict, params: Any) -> tuple[str, bytes, bool]:
     """Validate {c, d, t} of publish/send: (target, payload bytes, binary)."""
-    if not isinstance(params, dict):
-        raise invalid("params must be a JSON object")
-    name = target(params.get("c"))
-    data = params.get("d")
-    if not isinstance(data, str):
-        raise invalid("d must be a string")
-    kind = params.get("t", "text")
-    if kind in (None, "", "text"):
+    values = checked(shape, params)
+    name, data = client_id(values["c"]), values["d"]
+    if values["t"] != "binary":
         return name, data.encode(), False
-    if kind != "binary":
-        raise invalid("t must be \"text\" or \"binary\"")
     try:
         return name, base64.b64decode(data, validate=True), True
     except (binascii.Error, ValueError):
@@ -69,7 +74,7 @@ def delivery(params: Any, target: Callable[[Any], str]) -> tuple[str, bytes, boo
 
 
 async def publish(mesh, params: Any) -> dict[str, int]:
-    channel, payload, binary = delivery(params, channel_param)
+    channel, payload, binary = delivery(schema.PUBLISH, params)
     try:
         delivered, failed = await mesh.publish(channel, payload, binary)
     except PayloadError as exc:  # too big, or text that is not UTF-8: nobody got it
@@ -78,11 +83,11 @@ async def publish(mesh, params: Any) -> dict[str, int]:
 
 
 async def send(mesh, params: Any) -> dict[str, bool]:
-    client_id, payload, binary = delivery(params, client_id_param)
+    target, payload, binary = delivery(schema.SEND, params)
     try:
-        sent = await mesh.send(client_id, payload, binary)
+        sent = await mesh.send(target, payload, binary)
     except PayloadError as exc:
         raise invalid(str(exc)) from None
     if not sent:
-        raise ApiError(SEND_FAILED, f"send failed: client {client_id} not found or closed")
+        raise ApiError(SEND_FAILED, f"send failed: client {target} not found or closed")
     return {"s": True}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from typing import Any, Coroutine, NamedTuple, TypeVar
 
 from . import params
@@ -76,6 +77,9 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="connmix-client", daemon=True)
         self._thread.start()
         self._client = AsyncClient(url, **options)
+        # close() runs by itself at exit (or when the Client is collected), so a
+        # Client used without ``with`` leaves no "Unclosed client session" behind.
+        self._closer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._client)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -90,15 +94,18 @@ class Client:
         self._run(self._client.conn_call(client_id, function, *args))
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._closer()  # runs _shut_down once, whoever calls first
 
     def __enter__(self) -> "Client":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: AsyncClient) -> None:
+    """Close the client's connections, then its loop and thread (no reference to the Client)."""
+    asyncio.run_coroutine_threadsafe(client.close(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()

@@ -202,6 +202,7 @@ class Consumer:
             elif frame.get("i") == _POP:
                 result_of(frame)  # raises ApiError: fatal
                 self._attached.set()
+                log.info("consumer: consuming %s from %s", ", ".join(self.topics), self._url)
             elif frame.get("i") == _UNPOP:
                 break  # everything sent before the unpop reply has been read
 

@@ -19,7 +19,7 @@ import aiohttp
 from lupa import luajit21 as lupa_rt
 
 from ..config import LuaVmSettings, ServerSettings
-from ..conn import CLOSE_INTERNAL_ERROR, Connection, EncodeError
+from ..conn import CLOSE_INTERNAL_ERROR, LUA_ERROR_REASON, Connection, EncodeError
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
@@ -310,7 +310,7 @@ class LuaVM:
         log.error("%s: %s failed for client %s: %s", self.name, name, conn.client_id, message)
         self.counters.failed(message)
         if name != "on_close":
-            conn.close(CLOSE_INTERNAL_ERROR, f"lua error: {message.splitlines()[0]}")
+            conn.close(CLOSE_INTERNAL_ERROR, LUA_ERROR_REASON)
         return None
 
     # -- socket protocol (SPEC 3, "socket protocol callbacks") -------------------

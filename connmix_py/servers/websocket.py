@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
 from ..config import ServerSettings
-from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL,
+from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL, LUA_ERROR_REASON,
                     CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, Connection, enforce_timeouts)
 from ..frames import is_utf8
 from ..hub import Hub
@@ -286,11 +286,16 @@ class _CloseRequest:
     def request(self, code: int) -> None:
         self.code = code
         if self.receiving and self.task is None:
-            self.task = self.loop.create_task(self.ws.close(code=self.code))
+            self.task = self.loop.create_task(self._close())
+
+    def _close(self) -> Awaitable[bool]:
+        # Only a Lua error's close says why; the others keep CONNMIX's empty reason.
+        reason = LUA_ERROR_REASON.encode() if self.code == CLOSE_INTERNAL_ERROR else b""
+        return self.ws.close(code=self.code, message=reason)
 
     async def finish(self) -> None:
         """Complete the close handshake, whoever started it."""
         if self.task is not None:
             await self.task
         elif not self.ws.closed:
-            await self.ws.close(code=self.code)
+            await self._close()

@@ -4,27 +4,35 @@
 --   1. the channel is checked only for subscribe/unsubscribe, so
 --      {"op":"auth","token":"***"} (no channel) works as the article's test sends it;
 --   2. the auth request body is valid JSON ({"token":"***"});
---   3. a successful auth replies {"result":true}, as the article's test expects.
+--   3. a successful auth replies {"result":true}, as the article's test expects;
+--   4. every refused request is answered {"code":..,"msg":..} (table in README.md,
+--      "Replies") instead of a silent close or a misleading {"result":true}.
 local mix_log = mix.log
 local mix_DEBUG = mix.DEBUG
+
+-- FIX 4: the answer to a request the centre refuses.
+local function refuse(conn, code, msg)
+    conn:send(mix.json_encode({ code = code, msg = msg }))
+end
 
 function on_handshake(client_id, headers, server)
 end
 
 function on_message(msg)
     --print(msg)
+    local conn = mix.websocket()
     if msg["type"] ~= "text" then
-        conn:close()
+        refuse(conn, 3, "invalid request: send a JSON text frame")
         return
     end
 
-    local auth_url = "http://127.0.0.1:8000/websocket_auth" --填写解析token的api接口地址
-    local conn = mix.websocket()
+    -- main.py sets the auth_url option (--auth-port); run from connmix.yaml, the article's address.
+    local auth_url = mix.server.option("auth_url") or "http://127.0.0.1:8000/websocket_auth" --填写解析token的api接口地址
 
     local data, err = mix.json_decode(msg["data"])
-    if err then
-        mix_log(mix_DEBUG, "json_decode error: " .. err)
-        conn:close()
+    if err or type(data) ~= "table" then
+        mix_log(mix_DEBUG, "json_decode error: " .. tostring(err))
+        refuse(conn, 3, "invalid request: send a JSON object like {\"op\":\"auth\",\"token\":\"...\"}")
         return
     end
 
@@ -37,17 +45,25 @@ function on_message(msg)
         })
         if err then
             mix_log(mix_DEBUG, "http.request error: " .. err)
+            refuse(conn, 6, "auth service unavailable")
+            conn:close()
+            return
+        end
+        if resp.status_code == 401 then
+            refuse(conn, 2, "invalid token")
             conn:close()
             return
         end
         if resp.status_code ~= 200 then
             mix_log(mix_DEBUG, "http.request status_code: " .. resp["status_code"])
+            refuse(conn, 6, "auth service unavailable")
             conn:close()
             return
         end
         local body_table, err = mix.json_decode(resp["body"])
         if err then
             mix_log(mix_DEBUG, "json_decode error: " .. err)
+            refuse(conn, 6, "auth service unavailable")
             conn:close()
             return
         end
@@ -56,19 +72,23 @@ function on_message(msg)
         return
     end
 
-    -- FIX 1: the channel check moved below the auth branch.
-    local channel_raw = data["channel"]
-    local channel_table = mix.str_split(channel_raw or "", "@")
-    if table.getn(channel_table) ~= 2 then
-        mix_log(mix_DEBUG, "invalid channel: " .. tostring(channel_raw))
-        conn:close()
+    if op ~= "subscribe" and op ~= "unsubscribe" then
+        refuse(conn, 4, "unknown op: use auth, subscribe or unsubscribe")
         return
     end
-    local channel_type = channel_table[2]
+
+    -- FIX 1: the channel check moved below the auth branch.
+    local channel_raw = data["channel"]
+    local channel_table = mix.str_split(type(channel_raw) == "string" and channel_raw or "", "@")
+    if table.getn(channel_table) ~= 2 or channel_table[2] ~= "user" then
+        mix_log(mix_DEBUG, "invalid channel: " .. tostring(channel_raw))
+        refuse(conn, 5, "invalid channel: expected \"@user\"")
+        return
+    end
 
     local uid = conn:context_value("uid")
 
-    if op == "subscribe" and channel_type == "user" then
+    if op == "subscribe" then
         if uid == nil then
             conn:send('{"code":1,"msg":"Not Auth"}')
             return
@@ -76,12 +96,13 @@ function on_message(msg)
         local err = conn:subscribe("user:" .. uid)
         if err then
             mix_log(mix_DEBUG, "subscribe error: " .. err)
+            refuse(conn, 7, "subscribe failed")
             conn:close()
             return
         end
     end
 
-    if op == "unsubscribe" and channel_type == "user" then
+    if op == "unsubscribe" then
         if uid == nil then
             conn:send('{"code":1,"msg":"Not Auth"}')
             return
@@ -89,6 +110,7 @@ function on_message(msg)
         local err = conn:unsubscribe("user:" .. uid)
         if err then
             mix_log(mix_DEBUG, "unsubscribe error: " .. err)
+            refuse(conn, 7, "unsubscribe failed")
             conn:close()
             return
         end

@@ -114,6 +114,7 @@ async def test_subscribe_before_auth_is_refused(message_center, session):
 async def test_unknown_token_closes_the_connection(message_center, session):
     ws = await session.ws_connect(message_center.ws_url)
     await ws.send_str('{"op":"auth","token":"nobody"}')
+    assert await receive_json(ws) == {"code": 2, "msg": "invalid token"}  # said before the close
     msg = await ws.receive(timeout=5)
     assert msg.type.name in ("CLOSE", "CLOSED")
 
@@ -145,11 +146,12 @@ async def test_auth_then_subscribe_without_waiting_keeps_order(message_center, a
 
 async def test_auth_api_down_is_an_error_value(message_center, auth_app, session):
     """With the auth API unreachable, http.request returns nil, err: the
-    script closes that connection; the engine keeps serving."""
+    script says so and closes that connection; the engine keeps serving."""
     ws = await login(session, message_center)
     await auth_app.stop()
     broken = await session.ws_connect(message_center.ws_url)
     await broken.send_str('{"op":"auth","token":"***"}')
+    assert await receive_json(broken) == {"code": 6, "msg": "auth service unavailable"}
     msg = await broken.receive(timeout=5)
     assert msg.type.name in ("CLOSE", "CLOSED")
     assert (await publish_like_the_article(session, message_center))["r"]["s"] == 1

@@ -256,7 +256,7 @@ async def test_on_close_err_is_the_lua_error(start_engine):
     await ws.send_str("boom")
     assert (await ws.receive(timeout=5)).data == 1011
     err = (await closed_event(events, cid))["err"]
-    assert err.startswith("lua error:") and "boom" in err
+    assert err == "lua error"  # short: the whole error (path, message) is in the log only
 
 
 # -- slow clients ---------------------------------------------------------------------
