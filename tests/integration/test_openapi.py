@@ -55,6 +55,7 @@ async def schemathesis(engine: Engine, session, tmp_path, *options: str) -> tupl
     process = await asyncio.create_subprocess_exec(
         SCHEMATHESIS, "run", str(document), "--url", url, "--checks", CHECKS, "--max-examples", "25", "--seed", "1",
         "--no-color", "--request-timeout", "10", *options,
+        cwd=tmp_path,  # its .schemathesis cache stays out of the checkout
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output, _ = await asyncio.wait_for(process.communicate(), timeout=50)
     return process.returncode, output.decode(errors="replace")
