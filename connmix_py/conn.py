@@ -98,8 +98,9 @@ class Connection:
         self.send_errors = 0
         self.blocked_since: float | None = None
         self.block_mark = 0
-        # (start, end) offsets in sent_total of big frames still queued.
-        self.big_frames: deque[tuple[int, int]] = deque()
+        # (start, end) offsets in sent_total of big frames still queued; made
+        # at the first big frame (a deque is ~760 bytes, most clients never need one).
+        self.big_frames: deque[tuple[int, int]] | None = None
         self.encoder = encoder
         # conn:send writes the script's bytes as given (socket servers: CONNMIX's
         # protocols/websocket.lua sends its 101 reply and its frames that way).
@@ -270,6 +271,8 @@ class Connection:
         queued = transport.get_write_buffer_size()
         if queued:
             if len(frame) >= _BIG_FRAME:
+                if self.big_frames is None:
+                    self.big_frames = deque()
                 self._forget_flushed(self.sent_total - queued)
                 self.big_frames.append((start, self.sent_total))
             if queued > self.max_send_queue and self._queued_beyond_largest(queued) > self.max_send_queue:
@@ -284,7 +287,7 @@ class Connection:
         """Bytes queued, not counting what is left of the largest queued frame."""
         flushed = self.sent_total - queued
         self._forget_flushed(flushed)
-        largest = max((end - max(start, flushed) for start, end in self.big_frames), default=0)
+        largest = max((end - max(start, flushed) for start, end in self.big_frames or ()), default=0)
         return queued - largest
 
     def _forget_flushed(self, flushed: int) -> None:
@@ -318,7 +321,7 @@ class Connection:
         queued = transport.get_write_buffer_size()
         if queued == 0:
             self.blocked_since = None
-            self.big_frames.clear()
+            self.big_frames = None
         elif self.sent_total - queued >= self.block_mark:
             # The client took what the mark asked for: progress.
             self.blocked_since = now
