@@ -24,6 +24,8 @@ _ACCEPT_FAILED = "socket.accept() out of system resource"
 _UNLIMITED_CAP = 1024 * 1024
 # Descriptors left when accepted connections start warning that the limit is near.
 FD_HEADROOM = 32
+# The soft limit as raise_fd_limit left it: read once, not once per connection.
+_soft_limit: int | None = None
 
 
 class RateLimitedLog:
@@ -61,6 +63,8 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
     log.info("open files limit: %d", soft)
+    global _soft_limit
+    _soft_limit = soft
     return soft
 
 
@@ -77,7 +81,7 @@ def watch_descriptors(transport: asyncio.BaseTransport) -> None:
     fd = sock.fileno()
     if fd < FD_HEADROOM:
         return
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = _soft_limit if _soft_limit is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and fd >= soft - FD_HEADROOM:
         port = _address(sock.getsockname())
         _descriptor_lines.warning("near", "open files nearly exhausted: a connection on %s got "
