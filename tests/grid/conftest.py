@@ -14,9 +14,6 @@ from tests.helpers import receive_json
 
 ENTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid.entry.lua")
 
-# Starting engine processes on a shared, loaded machine takes seconds.
-pytestmark = pytest.mark.timeout(120)
-
 
 @pytest.fixture
 async def make_grid(tmp_path):
@@ -55,6 +52,14 @@ class Client:
         msg = await self.ws.receive(timeout=timeout)
         assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
         return msg.data
+
+
+@pytest.fixture
+async def session():
+    """No cap on open connections (aiohttp's default of 100 would hold a burst's
+    101st websocket back for ever)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        yield s
 
 
 @pytest.fixture

@@ -110,6 +110,27 @@ async def test_publishes_of_one_publisher_arrive_in_order_on_every_node(grid, co
         assert [await client.text() for _ in range(1000)] == [str(i) for i in range(1, 1001)]
 
 
+async def test_clients_subscribing_at_once_share_subscribe_commands(grid, connect):
+    """Each client's subscribe is its own callback; those arriving together go
+    to the broker in shared SUBSCRIBE commands."""
+    node = await grid.start_node()
+    clients = await asyncio.gather(*(connect(node) for _ in range(200)))
+    redis = grid.broker.client()
+    try:
+        await redis.config_resetstat()
+        await asyncio.gather(*(client.ws.send_str(orjson.dumps({"op": "subscribe", "channels": [f"c{i}"]}).decode())
+                               for i, client in enumerate(clients)))
+        for client in clients:
+            assert await receive_json(client.ws) == {"subscribed": True}
+        await grid.wait_subscribed("c199", 1)
+        await grid.wait_subscribed("c0", 1)
+        calls = (await redis.info("commandstats"))["cmdstat_subscribe"]["calls"]
+        print(f"200 clients subscribing at once: {calls} SUBSCRIBE commands")
+        assert calls < 100
+    finally:
+        await redis.aclose()
+
+
 async def test_a_burst_of_subscriptions_is_a_few_subscribe_commands(grid, connect):
     node = await grid.start_node()
     client = await connect(node)

@@ -81,6 +81,11 @@ async def until_async(read, condition, what: str, timeout: float = 15) -> None:
         await asyncio.sleep(0.1)
 
 
+async def broker_gauge(session, node) -> str:
+    async with session.get(node.api_url + "/metrics") as resp:
+        return next(line for line in (await resp.text()).splitlines() if line.startswith("connmix_broker_connected"))
+
+
 async def test_broker_down_local_delivery_goes_on_and_the_grid_comes_back(grid, connect, session):
     a, b = await grid.start_node(), await grid.start_node()
     on_a, on_b = await connect(a), await connect(b)
@@ -88,9 +93,11 @@ async def test_broker_down_local_delivery_goes_on_and_the_grid_comes_back(grid, 
         await client.subscribe("feed")
     await grid.wait_subscribed("feed", 2)
     assert await health(session, a) == {"status": "ok", "broker": "connected"}
+    assert await broker_gauge(session, a) == "connmix_broker_connected 1.0"
 
     grid.broker.kill()
     await until_async(lambda: health(session, a), lambda h: h["broker"].startswith("down"), "a saw the outage")
+    assert await broker_gauge(session, a) == "connmix_broker_connected 0.0"
     for i in range(5):  # local publishes go on, counted locally (at most once: b misses them)
         assert await api(session, a, "/v1/mesh/publish", {"c": "feed", "d": f"local {i}"}) == {
             "E": None, "r": {"s": 1, "f": 0}}

@@ -8,16 +8,7 @@ import os
 from tests.conftest import EXAMPLE_DIR
 from tests.grid.conftest import api
 from tests.helpers import assert_silent, receive_json
-from tests.integration.test_message_center import ARTICLE_CURL_BODY, EVENT
-
-
-async def login(session, node, token: str):
-    ws = await session.ws_connect(node.ws_url)
-    await ws.send_str('{"op":"auth","token":"%s"}' % token)
-    assert await receive_json(ws) == {"result": True}
-    await ws.send_str('{"op":"subscribe","channel":"@user"}')
-    assert await receive_json(ws) == {"result": True}
-    return ws
+from tests.integration.test_message_center import ARTICLE_CURL_BODY, EVENT, login
 
 
 async def test_the_users_devices_on_two_nodes_get_a_publish_sent_to_the_third(
@@ -27,6 +18,7 @@ async def test_the_users_devices_on_two_nodes_get_a_publish_sent_to_the_third(
         entry.write_text(auth_app.serve(f.read()), encoding="utf-8")
     grid = make_grid(str(entry), "/message-center")
     one, two, three = await grid.start_node(), await grid.start_node(), await grid.start_node()
+    # login() wants something with a ws_url: a node has one
     phone = await login(session, one, "***")  # uid 1001
     laptop = await login(session, two, "token-1001")  # uid 1001 too
     other = await login(session, three, "token-1002")  # another user, on the publishing node
