@@ -28,6 +28,7 @@ class GridNode:
         self.broker = RedisBroker(hub, self.transport, url.display)
         self.registry = Registry(url, describe)
         self._heartbeat: asyncio.Task | None = None
+        self.joined = False
 
     async def join(self) -> int:
         """Claim a node id, then connect with this node's inbox subscribed
@@ -41,6 +42,7 @@ class GridNode:
             await self.registry.unregister()
             await self.registry.close()
             raise
+        self.joined = True
         log.info("grid node %d on broker %s", node_id, self.url.display)
         return node_id
 
@@ -57,9 +59,11 @@ class GridNode:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-        await self.registry.unregister()
+        if self.joined:
+            await self.registry.unregister()
 
     async def close(self) -> None:
+        self.joined = False
         await self.broker.close()
         await self.registry.close()
 
