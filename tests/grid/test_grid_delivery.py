@@ -3,7 +3,9 @@ Valkey: every path in (HTTP API, /ws/v1, Lua, Python), exact counts, order."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
+import aiohttp
 import orjson
 
 from connmix_py import Engine, parse_settings
@@ -147,3 +149,19 @@ async def test_a_burst_of_subscriptions_is_a_few_subscribe_commands(grid, connec
         await redis.aclose()
     await client.ws.close()
     await grid.wait_subscribed("user:0", 0)  # the last subscriber left: the node unsubscribed
+
+
+async def test_binary_payloads_cross_the_grid_byte_for_byte(grid, connect, session):
+    a, b = await grid.start_node(), await grid.start_node()
+    on_b = await connect(b)
+    await on_b.subscribe("bin")
+    await grid.wait_subscribed("bin", 1)
+    payload = bytes(range(256)) * 4
+    encoded = base64.b64encode(payload).decode()
+    assert await api(session, a, "/v1/mesh/publish", {"c": "bin", "d": encoded, "t": "binary"}) == {
+        "E": None, "r": {"s": 1, "f": 0}}
+    assert await api(session, a, "/v1/mesh/send", {"c": on_b.id, "d": encoded, "t": "binary"}) == {
+        "E": None, "r": {"s": True}}
+    for _ in range(2):
+        msg = await on_b.ws.receive(timeout=10)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, payload)
