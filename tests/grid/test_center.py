@@ -19,22 +19,7 @@ from connmix_py.grid.center import Center, CenterError
 from connmix_py.grid.keys import NODES_SET, node_key
 from tests.grid.registry_records import listed, register
 from tests.ports import reserved_port
-from tests.redis_server import RedisServer
 from tests.waiting import within
-
-
-@pytest.fixture
-def valkey():
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def registry(valkey):
-    client = aioredis.Redis(host="127.0.0.1", port=valkey.port)
-    yield client
-    await client.aclose()
 
 
 def center_settings(users: list | None = None, **yaml: object):

@@ -9,7 +9,6 @@ import asyncio
 import textwrap
 
 import pytest
-import redis.asyncio as aioredis
 
 from connmix_py import Engine, parse_settings
 from connmix_py.client import Consumer, QueueEvent
@@ -19,24 +18,9 @@ from connmix_py.grid.center import Center
 from tests.api_helpers import SCRIPT, client_id, push
 from tests.conftest import Running, engine_config
 from tests.grid.registry_records import register, unregister
-from tests.redis_server import RedisServer
 from tests.waiting import until, within
 
 REFRESH = 0.2  # the test's nodes_refresh: joins are seen quickly
-
-
-@pytest.fixture
-def valkey():
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def registry(valkey):
-    client = aioredis.Redis(host="127.0.0.1", port=valkey.port)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
