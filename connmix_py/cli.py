@@ -12,6 +12,7 @@ from . import logs
 from .config import ConfigError, load_settings
 from .checker import find_problems
 from .engine import Engine, StartupError
+from .grid.center import Center, CenterError
 
 log = logging.getLogger("connmix")
 DISTRIBUTION = "connmix-py"  # the name in pyproject.toml
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("check", "validate the yaml and compile every entry script")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
+    center = sub.add_parser("center", help="run only the center's apiServer: the grid's nodes from the broker")
+    center.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
     return parser
 
 
@@ -80,6 +83,32 @@ async def serve(path: str, mode: str) -> int:
     return 0
 
 
+async def serve_center(path: str) -> int:
+    """``connmix center``: discovery for backends configured with a center's address."""
+    try:
+        settings = load_settings(path, require_server=False)
+        logs.apply(settings, "center")
+        center = Center(settings, settings.broker)
+        await center.start()
+    except (ConfigError, CenterError) as exc:
+        for problem in str(exc).splitlines():
+            log.error("%s", problem)
+        return 1
+    await _until_signalled("center")
+    await center.stop()
+    return 0
+
+
+async def _until_signalled(what: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("connmix-py %s running; Ctrl-C stops", what)
+    await stop.wait()
+    log.info("stopping")
+
+
 def run(coro) -> int:
     try:
         import uvloop
@@ -94,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check(args.file)
     try:
+        if args.command == "center":
+            return run(serve_center(args.file))
         return run(serve(args.file, args.command))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
