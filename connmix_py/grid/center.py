@@ -9,6 +9,7 @@ no state: any number of centers may run, and one may restart at any time.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -17,7 +18,8 @@ from ..api import access, discovery, request_log
 from ..config import Settings
 from ..servers.http_limits import HttpLimits, limited_runner
 from .broker_url import BrokerUrl
-from .directory import Directory, connect
+from .directory import Directory
+from .registry import command_client
 
 log = logging.getLogger("connmix.center")
 
@@ -41,14 +43,16 @@ class Center:
         self.broker = broker
         self.port = settings.center.api_server.port  # the real one once listening
         self.directory: Directory | None = None
+        self._client: Any = None  # redis-py's, for the registry
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Check the broker answers, then listen. Raises CenterError."""
-        directory = Directory(connect(self.broker), self.broker.display)
+        self._client = command_client(self.broker)
+        directory = Directory(self._client, self.broker.display)
         problem = await directory.ping()
         if problem is not None:
-            await directory.close()
+            await self.stop()
             raise CenterError(f"engine.broker: {problem}")
         self.directory = directory
         api = self.settings.center.api_server
@@ -78,15 +82,17 @@ class Center:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.directory is not None:
-            await self.directory.close()
-            self.directory = None
+        self.directory = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         # Alive whatever the broker does (restarting the center would not
         # bring the broker back); the broker's state is said beside it.
+        # The same shape as a grid node's /healthz.
         problem = await self._broker_problem()
-        return _json({"status": "ok", "broker": "up" if problem is None else "down"})
+        return _json({"status": "ok", "broker": "connected" if problem is None else f"down: {problem}"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         # Without the broker /v1/nodes cannot be answered: send discovery elsewhere.

@@ -13,19 +13,11 @@ import logging
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from .broker_url import BrokerUrl
 from .keys import NODES_SET, node_key
 
 log = logging.getLogger("connmix.grid.directory")
-
-# Seconds to connect to the broker and for one command: a discovery request
-# answers 503 instead of hanging when the broker is away.
-BROKER_TIMEOUT = 3.0
-RegistryClient = aioredis.Redis | RedisCluster
 
 # Removes an id from the set only while its record is still absent, in one
 # step: a node that claims the id again between our MGET and this SREM
@@ -42,16 +34,10 @@ class RegistryUnavailable(ConnectionError):
     """The broker could not be asked; the message is one line."""
 
 
-def connect(broker: BrokerUrl) -> RegistryClient:
-    """A client for the registry (it connects on first use)."""
-    options: dict[str, Any] = {"socket_connect_timeout": BROKER_TIMEOUT, "socket_timeout": BROKER_TIMEOUT}
-    if broker.cluster:
-        return RedisCluster.from_url(broker.redis_py_url, **options)
-    return aioredis.from_url(broker.redis_py_url, **options)
-
-
 class Directory:
-    def __init__(self, client: RegistryClient, display: str = "the broker") -> None:
+    def __init__(self, client: Any, display: str = "the broker") -> None:
+        """client: redis-py's (registry.command_client: its timeouts make an
+        unreachable broker a quick 503, not a hang); the caller closes it."""
         self._client = client
         self._display = display  # the broker's URL without its password, for messages
         self._malformed: set[int] = set()  # ids already warned about
@@ -84,9 +70,6 @@ class Directory:
             return f"broker {self._display} unreachable: {exc}"
         self._came_back()
         return None
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
     def _parse(self, node_id: int, record: bytes | str) -> dict[str, Any] | None:
         try:

@@ -5,6 +5,7 @@ Consumer pointed at the center."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import textwrap
@@ -211,8 +212,8 @@ async def test_connmix_center_is_behind_access_users(grid, tmp_path, session):
     center = await CenterProcess(tmp_path, grid.broker.url, users).start()
     try:
         assert (await get_json(session, center.url + "/v1/nodes"))[0] == 401
-        auth = aiohttp.BasicAuth("viewer", "pw-viewer")
-        async with session.get(center.url + "/v1/nodes", auth=auth) as resp:
+        viewer = {"Authorization": "Basic " + base64.b64encode(b"viewer:pw-viewer").decode()}
+        async with session.get(center.url + "/v1/nodes", headers=viewer) as resp:
             assert resp.status == 200 and await resp.json() == {"nodes": []}
     finally:
         center.stop()
