@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
     center = sub.add_parser("center", help="run only the center's apiServer: the grid's nodes from the broker")
     center.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
+    center.add_argument("-p", "--processes", metavar="N",
+                        help="accepted for CONNMIX's start scripts; the center runs as one process")
     return parser
 
 
@@ -87,11 +89,14 @@ async def serve(path: str, mode: str) -> int:
     return 0
 
 
-async def serve_center(path: str) -> int:
+async def serve_center(path: str, processes: str | None = None) -> int:
     """``connmix center``: discovery for backends configured with a center's address."""
     try:
         settings = load_settings(path, require_server=False)
         logs.apply(settings, "center")
+        if processes is not None:
+            log.warning("connmix center -p %s is ignored: the center is one light process "
+                        "(its work is a registry read per discovery request)", processes)
         center = Center(settings, settings.broker)
         await center.start()
     except (ConfigError, CenterError) as exc:
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.file)
     try:
         if args.command == "center":
-            return run(serve_center(args.file))
+            return run(serve_center(args.file, args.processes))
         return run(serve(args.file, args.command))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130

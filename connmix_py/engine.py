@@ -151,7 +151,7 @@ class Engine:
         http_api.add_routes(app, self.mesh, self.stats, self.metrics, self.not_ready,
                             self.grid.health if self.grid is not None else None)
         # A grid node lists every live node of the grid, read from the registry.
-        directory = (Directory(self.grid.registry.client, self.grid.url.display)
+        directory = (Directory(self.grid.registry.client, self.grid.url.display, log_outages=False)
                      if self.grid is not None else None)
         discovery.add_routes(app, api.bind, lambda: self.api_port, directory)
         add_console_routes(app, self.hub, self.metrics, self.ids.node_id)

@@ -27,6 +27,12 @@ NO_BROKER = ("engine.broker: connmix center reads the nodes from the broker's re
              "set it as on the nodes, e.g. broker: redis://127.0.0.1:6379/0")
 
 
+# Seconds the broker's last answer (to a read or a check) is reused by
+# /healthz and /readyz: probes, which need no credentials, cost the broker at
+# most one PING a second.
+PROBE_REUSE_SECONDS = 1.0
+
+
 class CenterError(Exception):
     """The center cannot start; the message is one line."""
 
@@ -50,7 +56,7 @@ class Center:
         """Check the broker answers, then listen. Raises CenterError."""
         self._client = command_client(self.broker)
         directory = Directory(self._client, self.broker.display)
-        problem = await directory.ping()
+        problem = await directory.problem()
         if problem is not None:
             await self.stop()
             raise CenterError(f"engine.broker: {problem}")
@@ -102,4 +108,6 @@ class Center:
         return _json({"status": "ready"})
 
     async def _broker_problem(self) -> str | None:
-        return "stopping" if self.directory is None else await self.directory.ping()
+        if self.directory is None:
+            return "stopping"
+        return await self.directory.problem(PROBE_REUSE_SECONDS)

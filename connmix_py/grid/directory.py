@@ -9,6 +9,7 @@ node and by ``connmix center``.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -35,13 +36,18 @@ class RegistryUnavailable(ConnectionError):
 
 
 class Directory:
-    def __init__(self, client: Any, display: str = "the broker") -> None:
+    def __init__(self, client: Any, display: str = "the broker", log_outages: bool = True) -> None:
         """client: redis-py's (registry.command_client: its timeouts make an
-        unreachable broker a quick 503, not a hang); the caller closes it."""
+        unreachable broker a quick 503, not a hang); the caller closes it.
+        log_outages=False where the outage is logged already (a grid node's
+        transport reports it)."""
         self._client = client
         self._display = display  # the broker's URL without its password, for messages
+        self._log_outages = log_outages
         self._malformed: set[int] = set()  # ids already warned about
         self.reachable = True  # as of the last read; an outage is logged once
+        self._problem: str | None = None  # why the broker did not answer last time
+        self._checked_at = float("-inf")  # loop time of the last answer or failure
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every live node's record without its token, by id. Raises
@@ -55,19 +61,20 @@ class Directory:
                 await self._client.eval(_PRUNE, 1 + len(gone), NODES_SET,
                                         *(node_key(node_id) for node_id in gone), *gone)
         except (RedisError, OSError) as exc:
-            self._went_down(exc)
-            raise RegistryUnavailable(f"the registry at {self._display} cannot be read: {exc}") from None
+            raise RegistryUnavailable(self._went_down(exc)) from None
         self._came_back()
         return [node for node_id, record in zip(ids, records, strict=True)
                 if record is not None and (node := self._parse(node_id, record)) is not None]
 
-    async def ping(self) -> str | None:
-        """None when the broker answers, else why not (one line)."""
+    async def problem(self, max_age: float = 0.0) -> str | None:
+        """None when the broker answers, else why not (one line). An answer
+        younger than max_age seconds (of a read or an earlier check) is reused."""
+        if asyncio.get_running_loop().time() - self._checked_at < max_age:
+            return self._problem
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            self._went_down(exc)
-            return f"broker {self._display} unreachable: {exc}"
+            return self._went_down(exc)
         self._came_back()
         return None
 
@@ -84,12 +91,20 @@ class Directory:
         node.pop("token", None)  # the claim's secret: only its owner needs it
         return node
 
-    def _went_down(self, exc: BaseException) -> None:
+    def _went_down(self, exc: BaseException) -> str:
+        """Note the outage (logged once); its one-line description."""
+        self._problem = f"broker {self._display} unreachable: {exc}"
+        self._checked_at = asyncio.get_running_loop().time()
         if self.reachable:
             self.reachable = False
-            log.warning("registry: broker %s unreachable (%s)", self._display, exc)
+            if self._log_outages:
+                log.warning("registry: %s", self._problem)
+        return self._problem
 
     def _came_back(self) -> None:
+        self._problem = None
+        self._checked_at = asyncio.get_running_loop().time()
         if not self.reachable:
             self.reachable = True
-            log.info("registry: broker %s reachable again", self._display)
+            if self._log_outages:
+                log.info("registry: broker %s reachable again", self._display)
