@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from connmix_py import Engine, parse_settings
-from connmix_py.client import Consumer, QueueEvent
+from connmix_py.client import AccessDenied, Consumer, QueueEvent
 from connmix_py.config import ApiServerSettings
 from connmix_py.grid.broker_url import parse_broker_url
 from connmix_py.grid.center import Center
@@ -160,5 +160,38 @@ async def test_discover_false_consumes_from_the_given_address_only(center, nodes
         assert consumer.nodes == [one.api_url]
         # n: the items waiting in node 2's queue, for want of a consumer there.
         assert (await push(await two.connect(), "jobs", "not for us"))["n"] == 1
+    finally:
+        await consumer.close()
+
+
+async def test_wrong_credentials_at_the_center_end_the_iteration_at_once(valkey):
+    settings = parse_settings({"access": {"users": [{"username": "ops", "password": "pw-ops",
+                                                     "roles": ["read", "write"]}]}})
+    settings.center.api_server = ApiServerSettings(port=0, bind="127.0.0.1")
+    guarded = Center(settings, parse_broker_url(f"redis://{valkey.addr}/0"))
+    await guarded.start()
+    consumer = Consumer(f"http://127.0.0.1:{guarded.port}", ["jobs"], username="ops", password="wrong")
+    try:
+        with pytest.raises(AccessDenied) as denied:
+            async with within(10, "the refusal ends the iteration"):
+                async for _ in consumer:
+                    pass
+        assert denied.value.status == 401 and consumer.nodes == []
+    finally:
+        await consumer.close()
+        await guarded.stop()
+
+
+async def test_the_nodes_followed_are_still_consumed_while_the_center_cannot_list_them(center, nodes, valkey):
+    one = await nodes(1)
+    consumer = Consumer(center, ["jobs"], nodes_refresh=REFRESH)
+    try:
+        await asyncio.wait_for(consumer.wait_attached(), 10)
+        valkey.process.terminate()  # the center answers 503 from now on
+        valkey.process.wait(10)
+        await asyncio.sleep(3 * REFRESH)  # listings that fail
+        assert consumer.nodes == [one.api_url] and consumer.attached
+        assert (await push(await one.connect(), "jobs", "during the outage"))["err"] is False
+        assert (await next_event(consumer)).data == "during the outage"
     finally:
         await consumer.close()

@@ -49,8 +49,8 @@ class CenterProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> CenterProcess:
-        self.process = subprocess.Popen(engine_command("center", "-f", str(self.yaml)),
+    async def start(self, *args: str) -> CenterProcess:
+        self.process = subprocess.Popen(engine_command("center", "-f", str(self.yaml), *args),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as session:
@@ -209,7 +209,8 @@ def test_connmix_center_without_a_broker_exits_with_one_line(tmp_path):
 
 async def test_connmix_center_is_behind_access_users(grid, tmp_path, session):
     users = [{"username": "viewer", "password": "pw-viewer", "roles": ["read"]}]
-    center = await CenterProcess(tmp_path, grid.broker.url, users).start()
+    # -p as CONNMIX's start scripts pass it: accepted (one process all the same).
+    center = await CenterProcess(tmp_path, grid.broker.url, users).start("-p", "2")
     try:
         assert (await get_json(session, center.url + "/v1/nodes"))[0] == 401
         viewer = {"Authorization": "Basic " + base64.b64encode(b"viewer:pw-viewer").decode()}
@@ -217,3 +218,17 @@ async def test_connmix_center_is_behind_access_users(grid, tmp_path, session):
             assert resp.status == 200 and await resp.json() == {"nodes": []}
     finally:
         center.stop()
+
+
+async def test_a_node_answers_503_while_its_broker_is_down_and_lists_again_after(grid, session):
+    one = await grid.start_node()
+    grid.broker.kill()
+    status, body = await get_json(session, one.api_url + "/v1/nodes")
+    assert status == 503 and "unreachable" in body["error"]
+    await grid.broker.start_again()  # empty: the node registers again by its heartbeat
+    async with within(30, "the node is listed again"):
+        while True:
+            status, body = await get_json(session, one.api_url + "/v1/nodes")
+            if status == 200 and [node["id"] for node in body["nodes"]] == [one.node_id]:
+                break
+            await asyncio.sleep(0.1)
