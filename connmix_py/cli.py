@@ -103,19 +103,15 @@ async def serve_center(path: str, processes: str | None = None) -> int:
         for problem in str(exc).splitlines():
             log.error("%s", problem)
         return 1
-    await _until_signalled("center")
-    await center.stop()
-    return 0
-
-
-async def _until_signalled(what: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("connmix-py %s running; Ctrl-C stops", what)
+    log.info("connmix-py center running; Ctrl-C stops")
     await stop.wait()
     log.info("stopping")
+    await center.stop()
+    return 0
 
 
 def run(coro) -> int:
