@@ -210,6 +210,8 @@ class Consumer:
         try:
             return await list_nodes(http, self._base, self._headers)
         except NoDiscovery as exc:
+            if self._listed_once and self._listed != {self._base}:
+                raise TransportError(str(exc)) from None  # it did list nodes: keep following them
             if not self._listed_once:
                 log.info("consumer: no node list at %s (%s); consuming from it alone", self._base, exc)
             return [self._base]

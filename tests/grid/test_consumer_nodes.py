@@ -9,6 +9,7 @@ import asyncio
 import textwrap
 
 import pytest
+from aiohttp import web
 
 from connmix_py import Engine, parse_settings
 from connmix_py.client import AccessDenied, Consumer, QueueEvent
@@ -195,3 +196,37 @@ async def test_the_nodes_followed_are_still_consumed_while_the_center_cannot_lis
         assert (await next_event(consumer)).data == "during the outage"
     finally:
         await consumer.close()
+
+
+async def test_a_list_that_turns_into_a_404_keeps_the_nodes_followed(nodes):
+    """A discovery address that listed nodes and then answers 404 (a proxy
+    misrouting, say) is not taken for an engine of its own."""
+    one = await nodes(1)
+    listing = {"nodes": [{"api_server": f"127.0.0.1:{one.engine.api_port}"}]}
+    lists = True
+
+    async def version(request):
+        return web.json_response({"apis": ["v1"]})
+
+    async def node_list(request):
+        return web.json_response(listing) if lists else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1/nodes", node_list)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    address = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    consumer = Consumer(address, ["jobs"], nodes_refresh=REFRESH)
+    try:
+        await asyncio.wait_for(consumer.wait_attached(), 10)
+        lists = False
+        await asyncio.sleep(3 * REFRESH)  # refreshes answered 404
+        assert consumer.nodes == [one.api_url] and consumer.attached
+        assert (await push(await one.connect(), "jobs", "still followed"))["err"] is False
+        assert (await next_event(consumer)).data == "still followed"
+    finally:
+        await consumer.close()
+        await runner.cleanup()
