@@ -16,7 +16,7 @@ from connmix_py.client import AccessDenied, Consumer, QueueEvent
 from connmix_py.config import ApiServerSettings
 from connmix_py.grid.broker_url import parse_broker_url
 from connmix_py.grid.center import Center
-from tests.api_helpers import SCRIPT, client_id, push
+from tests.api_helpers import SCRIPT, burst, client_id, push
 from tests.conftest import Running, engine_config
 from tests.grid.registry_records import register, unregister
 from tests.waiting import until, within
@@ -230,3 +230,19 @@ async def test_a_list_that_turns_into_a_404_keeps_the_nodes_followed(nodes):
     finally:
         await consumer.close()
         await runner.cleanup()
+
+
+async def test_the_buffer_bounds_the_events_waiting_from_all_nodes_together(center, nodes):
+    one, two = await nodes(1), await nodes(2)
+    consumer = Consumer(center, ["jobs"], nodes_refresh=REFRESH, buffer=3)
+    try:
+        await asyncio.wait_for(consumer.wait_attached(), 10)
+        for node in (one, two):
+            assert (await burst(await node.connect(), "jobs", 20))["pushed"] == 20
+        await asyncio.sleep(0.5)  # nobody iterates: the node sessions stop reading
+        # The limit, plus at most one event each other node's session read before it saw the buffer full.
+        assert len(consumer._events) <= 3 + 1
+        got = sorted([(event.node, event.data["i"]) for event in [await next_event(consumer) for _ in range(40)]])
+        assert got == sorted((node, i) for node in (1, 2) for i in range(1, 21))  # nothing lost
+    finally:
+        await consumer.close()
