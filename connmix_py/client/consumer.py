@@ -182,6 +182,7 @@ class Consumer:
         a session for each node listed that has none, until stop() or a
         refusal."""
         delay = self._min_backoff
+        listing_failed = False
         while not self._stopping.is_set() and not self._failed.is_set():
             try:
                 listed = await self._list(http)
@@ -194,9 +195,12 @@ class Consumer:
                     await self._pause(delay)
                     delay = min(delay * 2, self._max_backoff)
                     continue
-                log.info("consumer: cannot list the nodes at %s (%s); following the last list", self._base, exc)
+                if not listing_failed:  # once per outage, not at every refresh
+                    log.info("consumer: cannot list the nodes at %s (%s); following the last list",
+                             self._base, exc)
+                listing_failed = True
             else:
-                delay = self._min_backoff
+                delay, listing_failed = self._min_backoff, False
                 self._listed, self._listed_once = set(listed), True
                 for base in listed:
                     if base not in self._sessions and not self._stopping.is_set():
