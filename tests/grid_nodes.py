@@ -160,6 +160,7 @@ class Grid:
     def __init__(self, tmp_path: Path, entry: str, ws_path: str = "/ws",
                  engine_extra: dict[str, Any] | None = None) -> None:
         self.tmp_path = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.entry = entry
         self.ws_path = ws_path
         self.engine_extra = engine_extra or {}

@@ -30,15 +30,17 @@ class GridNode:
         self._heartbeat: asyncio.Task | None = None
 
     async def join(self) -> int:
-        """Connect and claim a node id; raises transport.BrokerDown (one line)."""
-        await self.transport.start()
+        """Claim a node id, then connect with this node's inbox subscribed
+        (confirmed before this returns: no answer to it can be missed).
+        Raises transport.BrokerDown (one line)."""
+        node_id = await self.registry.claim()
+        self.broker.listen(node_id)
         try:
-            node_id = await self.registry.claim()
+            await self.transport.start()
         except BaseException:
-            await self.transport.close()
+            await self.registry.unregister()
             await self.registry.close()
             raise
-        self.broker.listen(node_id)
         log.info("grid node %d on broker %s", node_id, self.url.display)
         return node_id
 

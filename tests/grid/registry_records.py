@@ -6,9 +6,25 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from connmix_py.grid.keys import NODE_TTL_MS, NODES_SET, node_key
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(name="valkey")
+def valkey_fixture():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="registry")
+async def registry_fixture(valkey):
+    client = aioredis.Redis(host="127.0.0.1", port=valkey.port)
+    yield client
+    await client.aclose()
 
 
 def record(node_id: int, api_server: str, **extra: object) -> dict:

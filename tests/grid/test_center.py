@@ -17,7 +17,7 @@ from connmix_py.config import parse_settings
 from connmix_py.grid.broker_url import parse_broker_url
 from connmix_py.grid.center import Center, CenterError
 from connmix_py.grid.keys import NODES_SET, node_key
-from tests.grid.registry_records import listed, register
+from tests.grid.registry_records import listed, register, registry_fixture, valkey_fixture  # noqa: F401
 from tests.ports import reserved_port
 from tests.waiting import within
 

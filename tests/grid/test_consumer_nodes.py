@@ -18,7 +18,7 @@ from connmix_py.grid.broker_url import parse_broker_url
 from connmix_py.grid.center import Center
 from tests.api_helpers import SCRIPT, burst, client_id, push
 from tests.conftest import Running, engine_config
-from tests.grid.registry_records import register, unregister
+from tests.grid.registry_records import register, registry_fixture, unregister, valkey_fixture  # noqa: F401
 from tests.waiting import until, within
 
 REFRESH = 0.2  # the test's nodes_refresh: joins are seen quickly
