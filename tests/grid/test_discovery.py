@@ -20,7 +20,7 @@ from connmix_py.grid.keys import NODE_TTL_MS
 from tests.api_helpers import SCRIPT, client_id, push
 from tests.compat.test_connmix_php_client import PhpNode
 from tests.conftest import reference_command
-from tests.grid_nodes import Grid, engine_command
+from tests.grid_nodes import engine_command
 from tests.integration.test_cli import assert_one_clear_line
 from tests.ports import reserve_port
 from tests.waiting import until, within
@@ -73,12 +73,11 @@ class CenterProcess:
 
 
 @pytest.fixture
-async def grid(tmp_path):
+async def grid(make_grid, tmp_path):
+    """Nodes running tests/api_helpers.py's SCRIPT (mix.queue.push on request)."""
     entry = tmp_path / "entry.lua"
     entry.write_text(textwrap.dedent(SCRIPT))
-    running = Grid(tmp_path, entry=str(entry))
-    yield running
-    await running.close()
+    return make_grid(str(entry))
 
 
 @pytest.fixture
