@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 
 import aiohttp
+import orjson
 
-from connmix_py.grid.keys import channel_topic, node_inbox
+from connmix_py.grid.keys import channel_topic, node_inbox, node_key
 from tests.grid.conftest import api
 from tests.waiting import until
 
@@ -153,5 +154,21 @@ async def test_a_stopped_node_unregisters_at_once(grid):
     redis = grid.broker.client()
     try:
         assert await redis.pubsub_numsub(node_inbox(b.node_id)) == [(node_inbox(b.node_id).encode(), 0)]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_node_never_overwrites_a_claim_on_its_id_and_takes_it_back_when_free(grid):
+    a = await grid.start_node()
+    redis = grid.broker.client()
+    try:
+        await redis.set(node_key(a.node_id), '{"id": 1, "token": "someone else"}', px=60000)
+        await until(lambda: "was claimed by another node" in a.log_text(), "a logged the lost claim")
+        await asyncio.sleep(1.5)  # a heartbeat or more later, the newcomer's record stands
+        assert orjson.loads(await redis.get(node_key(a.node_id)))["token"] == "someone else"
+        assert a.log_text().count("was claimed by another node") == 1
+        await redis.delete(node_key(a.node_id))  # the newcomer left: a registers again under its id
+        await until(lambda: f"registered again as node {a.node_id}" in a.log_text(), "a registered again")
+        assert orjson.loads(await redis.get(node_key(a.node_id)))["pid"] == a.process.pid
     finally:
         await redis.aclose()
