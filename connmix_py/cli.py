@@ -12,6 +12,7 @@ from . import logs
 from .config import ConfigError, load_settings
 from .checker import find_problems
 from .engine import Engine, StartupError
+from .grid.center import Center, CenterError
 
 log = logging.getLogger("connmix")
 DISTRIBUTION = "connmix-py"  # the name in pyproject.toml
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("check", "validate the yaml and compile every entry script")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
+    center = sub.add_parser("center", help="run only the center's apiServer: the grid's nodes from the broker")
+    center.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
+    center.add_argument("-p", "--processes", metavar="N",
+                        help="accepted for CONNMIX's start scripts; the center runs as one process")
     return parser
 
 
@@ -84,6 +89,31 @@ async def serve(path: str, mode: str) -> int:
     return 0
 
 
+async def serve_center(path: str, processes: str | None = None) -> int:
+    """``connmix center``: discovery for backends configured with a center's address."""
+    try:
+        settings = load_settings(path, require_server=False)
+        logs.apply(settings, "center")
+        if processes is not None:
+            log.warning("connmix center -p %s is ignored: the center is one light process "
+                        "(its work is a registry read per discovery request)", processes)
+        center = Center(settings, settings.broker)
+        await center.start()
+    except (ConfigError, CenterError) as exc:
+        for problem in str(exc).splitlines():
+            log.error("%s", problem)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("connmix-py center running; Ctrl-C stops")
+    await stop.wait()
+    log.info("stopping")
+    await center.stop()
+    return 0
+
+
 def run(coro) -> int:
     try:
         import uvloop
@@ -98,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check(args.file)
     try:
+        if args.command == "center":
+            return run(serve_center(args.file, args.processes))
         return run(serve(args.file, args.command))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130

@@ -129,11 +129,23 @@ class AccessSettings:
     users: tuple[AccessUser, ...] = ()
 
 
+CENTER_API_PORT = 6787  # CONNMIX's center.apiServer port
+
+
+@dataclass
+class CenterSettings:
+    """center: what ``connmix center`` runs: only an apiServer answering
+    discovery from the broker's registry (CONNMIX's center.registry is the
+    broker here)."""
+    api_server: ApiServerSettings = field(default_factory=lambda: ApiServerSettings(port=CENTER_API_PORT))
+
+
 @dataclass
 class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     api_server: ApiServerSettings = field(default_factory=ApiServerSettings)
+    center: CenterSettings = field(default_factory=CenterSettings)
     luavm: LuaVmSettings = field(default_factory=LuaVmSettings)
     servers: list[ServerSettings] = field(default_factory=list)
     # ours: the largest payload one publish or send may carry (any API, Lua,
@@ -408,13 +420,14 @@ def _broker(key: str, value: Any) -> BrokerUrl:
         raise ConfigError(str(exc)) from None
 
 
-_TOP_KEYS = ("logging", "engine", "access")
+_TOP_KEYS = ("logging", "engine", "access", "center")
 _ENGINE_KEYS = {"maxOutboundMessageSize": ("max_outbound_message_size", _positive_int),
                 "configReloadInterval": ("config_reload_interval", _seconds),
                 "shutdownGrace": ("shutdown_grace", _seconds),
                 "broker": ("broker", _broker)}
 # Read by their own code.
 _ENGINE_SECTIONS = ("apiServer", "servers", "luavm", "access")
+_ENGINE_CENTER_KEYS = ("centerRegistry",)  # CONNMIX's, ignored with a reason by _center
 # CONNMIX's I/O buffer sizes (gorilla/websocket's): asyncio and the kernel
 # size ours, and mapping 1024 onto SO_RCVBUF/SO_SNDBUF would only slow
 # clients down; maxMessageSize and maxSendQueue are the bounds that matter.
@@ -451,8 +464,9 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>",
         engine = {}
     if "access" in engine:  # ignoring it would leave the API open to someone who thinks it is not
         report.error("engine.access: access belongs at the top level of connmix.yaml", engine, "access")
-    _apply(settings, engine, _ENGINE_KEYS, "engine", report, _ENGINE_SECTIONS)
+    _apply(settings, engine, _ENGINE_KEYS, "engine", report, _ENGINE_SECTIONS + _ENGINE_CENTER_KEYS)
     _api_server(settings.api_server, engine.get("apiServer"), report)
+    _center(settings.center, data.get("center"), engine, report)
     _luavm(settings.luavm, engine.get("luavm"), report)
     _servers(settings, engine, report)
     if require_server and not settings.servers and engine.get("servers") in (None, []):
@@ -466,8 +480,8 @@ def parse_settings(data: Any, base_dir: str = ".", source: str = "<settings>",
     return settings
 
 
-def _api_server(api: ApiServerSettings, raw: Any, report: _Report) -> None:
-    _apply(api, raw, _API_KEYS, "engine.apiServer", report)
+def _api_server(api: ApiServerSettings, raw: Any, report: _Report, where: str = "engine.apiServer") -> None:
+    _apply(api, raw, _API_KEYS, where, report)
     if not isinstance(raw, dict):
         return
     # Go's ReadTimeout bounds reading a whole request; the head has
@@ -476,11 +490,31 @@ def _api_server(api: ApiServerSettings, raw: Any, report: _Report) -> None:
         if api.read_timeout > 0:
             api.body_timeout = api.read_timeout
         else:
-            report.ignored(raw, "readTimeout", "engine.apiServer.readTimeout",
+            report.ignored(raw, "readTimeout", f"{where}.readTimeout",
                            f"0 (no limit) is not offered; request bodies keep bodyTimeout {api.body_timeout:g}s")
     if "writeTimeout" in raw:
-        report.ignored(raw, "writeTimeout", "engine.apiServer.writeTimeout",
+        report.ignored(raw, "writeTimeout", f"{where}.writeTimeout",
                        "API responses are small and written without a deadline")
+
+
+_CENTER_SECTIONS = ("apiServer", "registry")
+_NO_REGISTRY = "nodes register in the broker (engine.broker), which the center reads"
+
+
+def _center(center: CenterSettings, raw: Any, engine: dict, report: _Report) -> None:
+    """center: {apiServer, registry}; CONNMIX's registry (and the engine's
+    centerRegistry pointing at it) is the broker here, so both are ignored."""
+    if "centerRegistry" in engine:
+        report.ignored(engine, "centerRegistry", "engine.centerRegistry", _NO_REGISTRY)
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        report.error(f"center: expected a mapping, got {type(raw).__name__}")
+        return
+    _apply(center, raw, {}, "center", report, _CENTER_SECTIONS)
+    _api_server(center.api_server, raw.get("apiServer"), report, "center.apiServer")
+    if "registry" in raw:
+        report.ignored(raw, "registry", "center.registry", _NO_REGISTRY)
 
 
 def _luavm(luavm: LuaVmSettings, raw: Any, report: _Report) -> None:
@@ -579,8 +613,9 @@ def _yaml_problem(path: str, exc: yaml.MarkedYAMLError) -> str:
     return text
 
 
-def load_settings(path: str) -> Settings:
-    """Read and validate a connmix.yaml file. Raises ConfigError."""
+def load_settings(path: str, require_server: bool = True) -> Settings:
+    """Read and validate a connmix.yaml file. Raises ConfigError.
+    require_server=False: a file for ``connmix center``, which runs no server."""
     try:
         with open(path, "rb") as f:  # bytes: yaml detects the encoding and reports bad bytes
             data = yaml.load(f, Loader=_LineLoader)  # noqa: S506 (a SafeLoader)
@@ -593,7 +628,7 @@ def load_settings(path: str) -> Settings:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid yaml: {exc}") from None
     return parse_settings(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path,
-                          require_server=True)
+                          require_server=require_server)
 
 
 def check_entries(settings: Settings) -> None:

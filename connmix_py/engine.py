@@ -21,6 +21,7 @@ from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
 from .console import add_routes as add_console_routes
+from .grid.directory import Directory
 from .grid.node import GridNode
 from .grid.registry import advertised_host
 from .grid.transport import BrokerDown
@@ -148,7 +149,10 @@ class Engine:
                                            access.middleware(lambda: self.settings.access)])
         http_api.add_routes(app, self.mesh, self.stats, self.metrics, self.not_ready,
                             self.grid.health if self.grid is not None else None)
-        discovery.add_routes(app, api.bind, lambda: self.api_port)
+        # A grid node lists every live node of the grid, read from the registry.
+        directory = (Directory(self.grid.registry.client, self.grid.url.display, log_outages=False)
+                     if self.grid is not None else None)
+        discovery.add_routes(app, api.bind, lambda: self.api_port, directory)
         add_console_routes(app, self.hub, self.metrics, self.ids.node_id)
         self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,

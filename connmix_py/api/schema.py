@@ -129,8 +129,10 @@ def openapi(version: str) -> dict:
                                                                     subscriptions=counts)}})),
             "/version": _get("The API versions (discovery)", _ok("versions", _object(
                 apis={"type": "array", "items": STRING}))),
-            "/v1/nodes": _get("Where each node's apiServer is (discovery)", _ok("the nodes", _object(
-                nodes={"type": "array", "items": _object(api_server=STRING, host=STRING)}))),
+            "/v1/nodes": _get("Where each node's apiServer is (discovery): this node, or every node of the grid",
+                              {**_ok("the nodes", _object(
+                                  nodes={"type": "array", "items": _object(api_server=STRING, host=STRING)})),
+                               "503": {"description": "a grid node whose broker cannot be read", **REFUSAL}}),
             "/metrics": _get("Prometheus metrics", {"200": {"description": "Prometheus text format",
                                                             "content": {"text/plain": {"schema": STRING}}}}),
             "/healthz": _get("Alive: the process answers", _ok("alive", _object(status={"enum": ["ok"]})),
