@@ -1,5 +1,10 @@
 """The WebSocket API on apiServer (/ws/v1): pipelined requests, replies
-carry the request's id.
+carry the request's id and leave in request order.
+
+A request that waits (a publish on a grid node waits for the other nodes'
+counts) does not hold up reading the next ones: up to MAX_WAITING requests of
+one session wait together, so a pipelining backend gets the grid's round
+trips overlapped instead of one after another.
 
 Most methods are stateless (``METHODS``); ``queue.pop`` and ``queue.unpop``
 belong to the connection they arrive on (``queue_consumer.METHODS``).
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -15,6 +21,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..config import AccessSettings, AccessUser
+from ..eager import at_once_or_handle
 from ..queue import Queues
 from ..servers.rfc6455 import ServerWebSocketResponse, unsupported_version
 from . import access, queue_consumer, requests
@@ -27,6 +34,9 @@ log = logging.getLogger("connmix.api")
 # Seconds a shutdown lets each API connection finish its close handshake; a
 # client that stopped reading never lets the close frame out, so it is cut.
 CLOSE_GRACE = 2.0
+# Requests of one session that may wait at once; beyond it the session stops
+# reading until the oldest is answered (back-pressure on the backend).
+MAX_WAITING = 256
 
 METHODS: dict[str, Callable[[Any, Any], Awaitable[Any]]] = {
     "mesh.publish": requests.publish,
@@ -47,8 +57,7 @@ def _echoable(request_id: Any) -> Any:
 
 
 async def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None = None) -> bytes:
-    """One request frame -> one reply frame. A session handles its frames one
-    after another, so replies come in request order."""
+    """One request frame -> one reply frame."""
     request_id = None
     try:
         try:
@@ -68,6 +77,57 @@ async def handle_request(mesh, text: str | bytes, consumer: ApiConsumer | None =
         return orjson.dumps({"E": None, "r": await method(mesh, request.get("p")), "i": request_id})
     except ApiError as error:
         return orjson.dumps({"E": error.body(), "i": request_id})
+
+
+class InOrderReplies:
+    """A session's replies, sent in request order. A reply ready at once
+    with nothing waiting before it is sent straight away (no task); a request
+    that waits becomes a task, and later replies queue behind it."""
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self.ws, self.transport = ws, transport
+        self.waiting: deque[asyncio.Future[bytes]] = deque()
+        self.room = asyncio.Event()
+        self.writer: asyncio.Task | None = None
+
+    async def add(self, outcome: bytes | Callable[[], Awaitable[bytes]]) -> None:
+        """outcome: at_once_or_handle's result for handle_request (or a ready reply)."""
+        if not self.waiting and isinstance(outcome, bytes):
+            await self.ws.send_frame(outcome, WSMsgType.TEXT)
+            return
+        if isinstance(outcome, bytes):
+            reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            reply.set_result(outcome)
+        else:
+            reply = asyncio.ensure_future(outcome())
+        self.waiting.append(reply)
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write())
+        while len(self.waiting) >= MAX_WAITING and self.writer is not None:
+            self.room.clear()
+            await self.room.wait()
+
+    async def _write(self) -> None:
+        try:
+            while self.waiting:
+                reply = await self.waiting[0]
+                self.waiting.popleft()
+                self.room.set()
+                await self.ws.send_frame(reply, WSMsgType.TEXT)
+        except Exception:  # the socket failed, or a bug in a method: end the session
+            log.exception("/ws/v1: a reply could not be sent; closing the session")
+            await _close_within_grace(self.ws, self.transport, WSCloseCode.INTERNAL_ERROR, b"internal error")
+        finally:
+            self.writer = None
+            self.room.set()
+
+    def cancel(self) -> None:
+        """The session ended: nobody reads the replies any more. What the
+        requests already did stands (a publish was delivered when it ran)."""
+        for reply in self.waiting:
+            reply.cancel()
+        if self.writer is not None:
+            self.writer.cancel()
 
 
 @dataclass(frozen=True)
@@ -137,16 +197,15 @@ def add_routes(app: web.Application, mesh, queues: Queues | None = None, node_id
         sessions.open[consumer] = session
         if not sessions.admitted(session):  # revoked while the upgrade was under way
             await sessions.end([consumer], WSCloseCode.POLICY_VIOLATION, b"access revoked")
+        replies = InOrderReplies(ws, request.transport)
         try:
             async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    if msg.data == "ping":
-                        await ws.send_str("pong")
-                        continue
-                    await ws.send_frame(await handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
-                elif msg.type is WSMsgType.BINARY:
-                    await ws.send_frame(await handle_request(mesh, msg.data, consumer), WSMsgType.TEXT)
+                if msg.type is WSMsgType.TEXT and msg.data == "ping":
+                    await replies.add(b"pong")
+                elif msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    await replies.add(at_once_or_handle(handle_request(mesh, msg.data, consumer)))
         finally:
+            replies.cancel()
             sessions.open.pop(consumer, None)
             consumer.close()
         return ws

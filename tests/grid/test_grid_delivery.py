@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import signal
 
 import aiohttp
 import orjson
@@ -165,3 +167,27 @@ async def test_binary_payloads_cross_the_grid_byte_for_byte(grid, connect, sessi
     for _ in range(2):
         msg = await on_b.ws.receive(timeout=10)
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, payload)
+
+
+async def test_ws_api_overlaps_waiting_requests_and_answers_in_request_order(grid, connect, session):
+    """A /ws/v1 request waiting for another node's counts does not hold up the
+    next one: the second publish is delivered while the first still waits,
+    and the replies still come in request order."""
+    a, b = await grid.start_node(), await grid.start_node()
+    far, near = await connect(b), await connect(a)
+    await far.subscribe("far")
+    await near.subscribe("near")
+    await grid.wait_subscribed("far", 1)
+    os.kill(b.process.pid, signal.SIGSTOP)  # b gets the publish but cannot report: the first one waits
+    try:
+        api_ws = await session.ws_connect(a.api_url + "/ws/v1")
+        for i, channel in ((1, "far"), (2, "near")):
+            await api_ws.send_str(orjson.dumps({"m": "mesh.publish", "i": i, "p": {"c": channel, "d": "x"}}).decode())
+        assert await near.text() == "x"
+        await assert_silent(api_ws, wait=0.1)  # ...while the first publish still waits for b
+        # b's count never came: the first publish ends at its timeout with a's counts (none).
+        assert await receive_json(api_ws, timeout=10) == {"E": None, "r": {"s": 0, "f": 0}, "i": 1}
+        assert await receive_json(api_ws) == {"E": None, "r": {"s": 1, "f": 0}, "i": 2}
+    finally:
+        os.kill(b.process.pid, signal.SIGCONT)
+    assert await far.text() == "x"

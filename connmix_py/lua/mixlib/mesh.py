@@ -9,48 +9,9 @@ a handle and the calling coroutine waits on it (prelude.lua ``settled``).
 """
 from __future__ import annotations
 
-from typing import Any, Coroutine, Generator
-
 from ...conn import PayloadError
+from ...eager import at_once_or_handle
 from .values import bad_argument, err, fail, lua_string
-
-
-class _Rest:
-    """The rest of a coroutine already run to its first suspension, as an
-    awaitable: what it yielded goes up to the task, what comes back goes in."""
-
-    def __init__(self, coro: Coroutine, yielded: Any) -> None:
-        self.coro, self.yielded = coro, yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value = self.coro, self.yielded
-        while True:
-            try:
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as exc:  # cancelled: the coroutine gets it
-                    value = coro.throw(exc)
-                else:
-                    value = coro.send(sent)
-            except StopIteration as done:
-                return done.value
-
-
-def at_once_or_handle(coro: Coroutine) -> Any:
-    """The coroutine's result if it finishes without suspending, else a
-    handle (prelude.lua ``await``) that finishes it on the event loop."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration as done:
-        return done.value
-    rest = _Rest(coro, yielded)
-
-    async def handle() -> Any:
-        return await rest
-    return handle
 
 
 def frame_kind(kind) -> bool | None:
