@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from importlib import metadata
@@ -12,6 +13,7 @@ from . import logs
 from .config import ConfigError, load_settings
 from .checker import find_problems
 from .engine import Engine, StartupError
+from .grid import workers
 
 log = logging.getLogger("connmix")
 DISTRIBUTION = "connmix-py"  # the name in pyproject.toml
@@ -34,7 +36,18 @@ def _parser() -> argparse.ArgumentParser:
                        ("check", "validate the yaml and compile every entry script")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
+        if name == "single":
+            _add_worker_options(cmd)
     return parser
+
+
+def _add_worker_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("-p", "--processes", metavar="N",
+                     help="run N worker processes sharing the ports (0 or auto: one per CPU); "
+                          "more than one needs engine.broker")
+    # How the -p parent starts each worker; not for people.
+    cmd.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    cmd.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
 
 
 def check(path: str) -> int:
@@ -57,18 +70,41 @@ def check(path: str) -> int:
     return 0
 
 
-async def serve(path: str, mode: str) -> int:
+def supervise(path: str, mode: str, processes: str) -> int:
+    """-p: check the yaml here (a mistake is one line, before any worker
+    starts), then keep the workers running until stopped."""
     try:
+        count = workers.worker_count(processes)
         settings = load_settings(path)
         logs.apply(settings, mode)
-        engine = Engine(settings)
+    except (workers.WorkerCountError, ConfigError) as exc:
+        for problem in str(exc).splitlines():
+            log.error("%s", problem)
+        return 1
+    if count > 1 and not workers.has_broker(settings):
+        log.error("-p %d: worker processes need engine.broker (each has a mesh of its own), "
+                  "e.g. broker: redis://127.0.0.1:6379/0", count)
+        return 1
+    return asyncio.run(workers.Supervisor(count, workers.worker_argv(mode, path, os.getpid())).run())
+
+
+async def serve(path: str, mode: str, worker: int | None = None) -> int:
+    """Run one engine until SIGINT/SIGTERM; ``worker``: as -p's worker of that index."""
+    try:
+        settings = load_settings(path)
+        if worker is not None:
+            settings = workers.worker_settings(settings, worker)
+        logs.apply(settings, mode)
+        if worker is not None:
+            workers.label_lines(worker, logs.FORMAT)
+        engine = Engine(settings, reuse_port=worker is not None, private_api=worker is not None)
         if mode != "dev":  # dev logs at debug whatever the yaml says
             engine.on_logging_level = lambda level: logging.getLogger().setLevel(logs.LEVELS[level])
         await engine.start()
     except (ConfigError, StartupError) as exc:
         for problem in str(exc).splitlines():  # one problem per line, each with its own prefix
             log.error("%s", problem)
-        return 1
+        return 1 if worker is None else workers.EXIT_CANNOT_START
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup_console()
     if args.command == "check":
         return check(args.file)
+    worker = getattr(args, "worker", None)
+    if worker is None and getattr(args, "processes", None) is not None:
+        return supervise(args.file, args.command, args.processes)
+    if worker is not None and not workers.die_with_supervisor(args.supervisor):
+        return 1  # its parent is gone already
     try:
-        return run(serve(args.file, args.command))
+        return run(serve(args.file, args.command, worker))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
 
