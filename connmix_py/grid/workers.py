@@ -85,11 +85,24 @@ class Supervisor:
         """Until every worker has stopped; the exit status for the command."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop, sig)
+            loop.add_signal_handler(sig, self._signalled, sig)
         log.info("starting %d worker process(es); Ctrl-C stops", self.count)
         await asyncio.gather(*(self._keep(index) for index in range(1, self.count + 1)))
         log.info("every worker has stopped")
         return 1 if self.failed else 0
+
+    def _signalled(self, sig: int) -> None:
+        if not self.stopping:
+            self.stop(sig)
+            return
+        # A second Ctrl-C or SIGTERM: do not wait for shutdownGrace.
+        log.warning("signalled again: killing %d worker(s) still stopping", len(self.procs))
+        self._signal_all(signal.SIGKILL)
+
+    def _signal_all(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Pass sig to every worker; none is restarted after this."""
@@ -97,9 +110,7 @@ class Supervisor:
             log.info("stopping %d worker(s)", len(self.procs))
         self.stopping = True
         self._stop.set()
-        for proc in self.procs.values():
-            if proc.returncode is None:
-                proc.send_signal(sig)
+        self._signal_all(sig)
 
     async def _keep(self, index: int) -> None:
         """Run worker index, and again each time it dies, until stop()."""
