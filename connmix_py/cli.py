@@ -1,4 +1,4 @@
-"""`connmix dev|single|check -f connmix.yaml`, `connmix --version`."""
+"""`connmix dev|single|engine|check -f connmix.yaml`, `connmix --version`."""
 from __future__ import annotations
 
 import argparse
@@ -10,13 +10,14 @@ import sys
 from importlib import metadata
 
 from . import logs
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 from .checker import find_problems
 from .engine import Engine, StartupError
 from .grid import workers
 
 log = logging.getLogger("connmix")
 DISTRIBUTION = "connmix-py"  # the name in pyproject.toml
+NO_BROKER = "engine.broker: connmix engine needs a broker, e.g. broker: redis://127.0.0.1:6379/0"
 
 
 def installed_version() -> str:
@@ -33,10 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("dev", "run everything in one process with debug logging"),
                        ("single", "run everything in one process with production logging"),
+                       ("engine", "run a grid node (needs engine.broker) with production logging"),
                        ("check", "validate the yaml and compile every entry script")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
-        if name == "single":
+        if name in ("single", "engine"):
             _add_worker_options(cmd)
     return parser
 
@@ -70,18 +72,26 @@ def check(path: str) -> int:
     return 0
 
 
+def load_for(path: str, mode: str) -> Settings:
+    """The yaml for a command; raises ConfigError (engine without a broker too)."""
+    settings = load_settings(path)
+    if mode == "engine" and settings.broker is None:
+        raise ConfigError(NO_BROKER)
+    return settings
+
+
 def supervise(path: str, mode: str, processes: str) -> int:
     """-p: check the yaml here (a mistake is one line, before any worker
     starts), then keep the workers running until stopped."""
     try:
         count = workers.worker_count(processes)
-        settings = load_settings(path)
+        settings = load_for(path, mode)
         logs.apply(settings, mode)
     except (workers.WorkerCountError, ConfigError) as exc:
         for problem in str(exc).splitlines():
             log.error("%s", problem)
         return 1
-    if count > 1 and not workers.has_broker(settings):
+    if count > 1 and settings.broker is None:
         log.error("-p %d: worker processes need engine.broker (each has a mesh of its own), "
                   "e.g. broker: redis://127.0.0.1:6379/0", count)
         return 1
@@ -91,7 +101,7 @@ def supervise(path: str, mode: str, processes: str) -> int:
 async def serve(path: str, mode: str, worker: int | None = None) -> int:
     """Run one engine until SIGINT/SIGTERM; ``worker``: as -p's worker of that index."""
     try:
-        settings = load_settings(path)
+        settings = load_for(path, mode)
         if worker is not None:
             settings = workers.worker_settings(settings, worker)
         logs.apply(settings, mode)

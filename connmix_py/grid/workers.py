@@ -197,7 +197,3 @@ def label_lines(index: int, text_format: str) -> None:
         if type(handler.formatter) is logging.Formatter:  # the text format (JSON lines carry the field)
             handler.setFormatter(logging.Formatter(labelled))
 
-
-def has_broker(settings: Settings) -> bool:
-    """Whether the yaml names engine.broker (N workers without one would be N separate meshes)."""
-    return getattr(settings, "broker", None) is not None  # TODO after merging broker: its Settings field
