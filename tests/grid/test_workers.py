@@ -15,18 +15,29 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
+from connmix_py.grid.keys import NODES_SET, channel_topic, node_key
 from connmix_py.grid.workers import worker_count
 from tests.integration.test_cli import assert_one_clear_line, connmix
 from tests.ports import reserved_port
+from tests.redis_server import RedisServer
 from tests.waiting import until, within
 
 ECHO_LUA = """
 function on_message(msg)
-    mix.websocket():send(msg.data)
+    local conn = mix.websocket()
+    if msg.data == "subscribe" then
+        conn:subscribe("news")
+        conn:send("subscribed")
+    else
+        conn:send(msg.data)
+    end
 end
 """
+CLIENTS = 200
 # Hang guards, never timing goals: a worker start loads Python, lupa and the script.
 START_GUARD = 60
 STOP_GUARD = 30
@@ -95,13 +106,14 @@ class Supervised:
 
 
 @contextlib.asynccontextmanager
-async def supervised(tmp_path: Path, *args: str, engine: str = "") -> AsyncIterator[Supervised]:
+async def supervised(tmp_path: Path, *args: str, engine: str = "",
+                     command: str = "single") -> AsyncIterator[Supervised]:
     with reserved_port() as api_port, reserved_port() as ws_port:
         config = write_yaml(tmp_path, ws_port, api_port, engine)
         output = tmp_path / "output.log"
         with output.open("wb") as sink:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "connmix_py", "single", "-f", str(config), *args,
+                sys.executable, "-m", "connmix_py", command, "-f", str(config), *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink)
         running = Supervised(proc, output, api_port, ws_port)
         try:
@@ -186,3 +198,111 @@ def test_a_port_in_use_stops_everything_with_the_workers_line(tmp_path):
 @pytest.mark.parametrize("value", ["0", "auto"])
 def test_every_cpu_is_the_default_count(value):
     assert worker_count(value) == os.cpu_count()
+
+
+# -- -p 2 as a grid: two workers, one valkey -------------------------------------------
+
+
+async def registered(broker: aioredis.Redis) -> list[dict]:
+    """The live registrations, as the registry's readers see them."""
+    ids = sorted(int(node) for node in await broker.smembers(NODES_SET))
+    records = await broker.mget([node_key(node) for node in ids]) if ids else []
+    return [orjson.loads(record) for record in records if record is not None]
+
+
+async def worker_stats(session: aiohttp.ClientSession, node: dict) -> dict:
+    """/v1/stats from one worker alone, through the private apiServer port it registered."""
+    async with session.get(f"http://{node['api_server']}/v1/stats") as resp:
+        return (await resp.json())["r"]
+
+
+async def subscribe(session: aiohttp.ClientSession, ws_port: int) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(f"http://127.0.0.1:{ws_port}/ws")
+    await ws.send_str("subscribe")
+    assert (await ws.receive(timeout=STOP_GUARD)).data == "subscribed"
+    return ws
+
+
+async def both_nodes_subscribed(broker: aioredis.Redis) -> None:
+    """Until each worker's broker subscription to "news" is in place: a node
+    tells the broker about a channel's first local subscriber in a batch,
+    after the subscribe call has returned to Lua."""
+    async with within(START_GUARD, "both workers subscribed to news on the broker"):
+        while (await broker.pubsub_numsub(channel_topic("news")))[0][1] != 2:
+            await asyncio.sleep(0.05)
+
+
+async def publish(session: aiohttp.ClientSession, api_port: int, data: str) -> dict:
+    async with session.post(f"http://127.0.0.1:{api_port}/v1/mesh/publish",
+                            json={"c": "news", "d": data}) as resp:
+        return (await resp.json())["r"]
+
+
+async def test_two_workers_share_the_ports_and_the_grid(tmp_path):
+    """`connmix engine -p 2`: 200 clients land on both workers; one publish
+    through the shared apiServer reaches all of them with the exact count; a
+    SIGKILLed worker is started again and its new clients get publishes."""
+    server = RedisServer()
+    broker = aioredis.Redis(port=server.port)
+    try:
+        async with (supervised(tmp_path, "-p", "2", command="engine",
+                               engine=f"broker: redis://127.0.0.1:{server.port}/0\n") as gateway,
+                    # limit=0: a session holds 100 connections by default, and 200 clients stay open.
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session):
+            nodes: list[dict] = []
+
+            async def two_registered() -> bool:
+                nodes[:] = await registered(broker)
+                return len(nodes) == 2
+
+            async with within(START_GUARD, "both workers registered"):
+                while not await two_registered():
+                    assert gateway.proc.returncode is None, gateway.log()
+                    await asyncio.sleep(0.1)
+            assert {node["pid"] for node in nodes} == children(gateway.proc.pid)
+            # Each registers its private apiServer port, not the shared one.
+            assert all(node["api_server"] != f"127.0.0.1:{gateway.api_port}" for node in nodes)
+
+            clients = [await subscribe(session, gateway.ws_port) for _ in range(CLIENTS)]
+            counts = [(await worker_stats(session, node))["connections"] for node in nodes]
+            assert sum(counts) == CLIENTS and min(counts) > 0, counts  # the kernel used both
+
+            await both_nodes_subscribed(broker)
+            assert await publish(session, gateway.api_port, "to all") == {"s": CLIENTS, "f": 0}
+            for ws in clients:
+                assert (await ws.receive(timeout=STOP_GUARD)).data == "to all"
+
+            # SIGKILL one worker: the parent starts another, which registers anew.
+            killed = nodes[0]
+            lost = (await worker_stats(session, killed))["connections"]
+            before = {node["pid"] for node in nodes}
+            os.kill(killed["pid"], signal.SIGKILL)
+
+            async def replaced() -> bool:
+                nodes[:] = await registered(broker)
+                pids = {node["pid"] for node in nodes}
+                return killed["pid"] not in pids and len(pids) == 2
+
+            async with within(START_GUARD, "a new worker registered in the killed one's place"):
+                while not await replaced():
+                    assert gateway.proc.returncode is None, gateway.log()
+                    await asyncio.sleep(0.1)
+            [new] = [node for node in nodes if node["pid"] not in before]
+            # New clients until one lands on the new worker (the kernel hashes each connection).
+            newcomers: list[aiohttp.ClientWebSocketResponse] = []
+            async with within(START_GUARD, "a new client on the new worker"):
+                while (await worker_stats(session, new))["connections"] == 0:
+                    newcomers.append(await subscribe(session, gateway.ws_port))
+            receivers = CLIENTS - lost + len(newcomers)
+            await both_nodes_subscribed(broker)
+            assert await publish(session, gateway.api_port, "again") == {"s": receivers, "f": 0}
+            got = [(await ws.receive(timeout=STOP_GUARD)).data for ws in clients + newcomers]
+            assert got.count("again") == receivers  # the killed worker's clients got their close
+            assert got[CLIENTS:] == ["again"] * len(newcomers)
+            for ws in clients + newcomers:
+                await ws.close()
+            gateway.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(gateway.proc.wait(), STOP_GUARD) == 0, gateway.log()
+    finally:
+        await broker.aclose()
+        server.stop()
