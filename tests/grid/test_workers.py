@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from connmix_py.grid.keys import NODES_SET, channel_topic, node_key
 from connmix_py.grid.workers import worker_count
+from tests.held_backend import held_fixture  # noqa: F401  (the held fixture)
 from tests.integration.test_cli import assert_one_clear_line, connmix
 from tests.ports import reserved_port
 from tests.redis_server import RedisServer
@@ -43,8 +44,8 @@ START_GUARD = 60
 STOP_GUARD = 30
 
 
-def write_yaml(folder: Path, ws_port: int, api_port: int, engine: str = "") -> Path:
-    (folder / "entry.lua").write_text(ECHO_LUA)
+def write_yaml(folder: Path, ws_port: int, api_port: int, engine: str = "", lua: str = ECHO_LUA) -> Path:
+    (folder / "entry.lua").write_text(lua)
     path = folder / "connmix.yaml"
     path.write_text(textwrap.dedent(f"""\
         logging: {{level: info}}
@@ -106,10 +107,10 @@ class Supervised:
 
 
 @contextlib.asynccontextmanager
-async def supervised(tmp_path: Path, *args: str, engine: str = "",
+async def supervised(tmp_path: Path, *args: str, engine: str = "", lua: str = ECHO_LUA,
                      command: str = "single") -> AsyncIterator[Supervised]:
     with reserved_port() as api_port, reserved_port() as ws_port:
-        config = write_yaml(tmp_path, ws_port, api_port, engine)
+        config = write_yaml(tmp_path, ws_port, api_port, engine, lua)
         output = tmp_path / "output.log"
         with output.open("wb") as sink:
             proc = await asyncio.create_subprocess_exec(
@@ -164,6 +165,35 @@ async def test_a_sigkilled_parent_takes_its_workers_along(tmp_path):
         gateway.proc.kill()
         await gateway.proc.wait()
         await until(lambda: not alive(worker), "the orphaned worker stopped", STOP_GUARD)
+
+
+HOLDING_LUA = """
+function on_message(msg)
+    mix.websocket():send("waiting")
+    mix.http.request("GET", "%s", {timeout = "120s"})
+end
+"""
+
+
+async def test_a_second_sigterm_kills_workers_still_stopping(tmp_path, held):
+    """The first SIGTERM starts a graceful stop that waits for a callback
+    (shutdownGrace 60 s); the second kills the worker instead of waiting."""
+    async with (supervised(tmp_path, "-p", "1", engine="shutdownGrace: 60\n",
+                           lua=HOLDING_LUA % held.url("held")) as gateway,
+                aiohttp.ClientSession() as session):
+        await gateway.ready(session)
+        [worker] = children(gateway.proc.pid)
+        async with session.ws_connect(f"http://127.0.0.1:{gateway.ws_port}/ws") as ws:
+            await ws.send_str("wait")
+            assert (await ws.receive(timeout=STOP_GUARD)).data == "waiting"
+            await held.arrived("held")
+            gateway.proc.send_signal(signal.SIGTERM)
+            await until(lambda: "worker 1 connmix: stopping" in gateway.log(), "the worker began its stop")
+            gateway.proc.send_signal(signal.SIGTERM)
+            # Well under the 60 s grace the worker would otherwise wait.
+            assert await asyncio.wait_for(gateway.proc.wait(), STOP_GUARD) == 1, gateway.log()
+        assert not alive(worker)
+        assert "signalled again: killing 1 worker(s) still stopping" in gateway.log()
 
 
 def test_a_bad_yaml_stops_at_once_with_one_line(tmp_path):
