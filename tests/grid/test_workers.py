@@ -155,6 +155,9 @@ async def test_sigterm_stops_every_worker_and_the_parent_exits_0(tmp_path):
         assert "worker 1 connmix: stopping" in log  # the worker's own lines name it
         assert "every worker has stopped" in log
         assert "Traceback" not in log
+        # Each worker has a log file of its own; the parent's lines go to logging.filename.
+        assert "worker 1 connmix: stopping" in (tmp_path / "logs" / "connmix.worker1.log").read_text()
+        assert "every worker has stopped" in (tmp_path / "logs" / "connmix.log").read_text()
 
 
 async def test_a_sigkilled_parent_takes_its_workers_along(tmp_path):
