@@ -95,6 +95,10 @@ def supervise(path: str, mode: str, processes: str) -> int:
         log.error("-p %d: worker processes need engine.broker (each has a mesh of its own), "
                   "e.g. broker: redis://127.0.0.1:6379/0", count)
         return 1
+    if count > 1 and (unshared := workers.any_port(settings)) is not None:
+        log.error("%s: 0 (any free port) would give each of the -p %d workers a different port; "
+                  "give a port number", unshared, count)
+        return 1
     return asyncio.run(workers.Supervisor(count, workers.worker_argv(mode, path, os.getpid())).run())
 
 

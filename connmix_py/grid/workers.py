@@ -147,6 +147,16 @@ class Supervisor:
                     pass
 
 
+def any_port(settings: Settings) -> str | None:
+    """The first key whose port is 0 (any free one): workers cannot share it."""
+    if settings.api_server.port == 0:
+        return "engine.apiServer.port"
+    for i, server in enumerate(settings.servers):
+        if server.port == 0:
+            return f"engine.servers[{i}].port"
+    return None
+
+
 def worker_argv(command: str, path: str, supervisor_pid: int) -> Callable[[int], list[str]]:
     """The command line that runs worker index of this command."""
     def argv(index: int) -> list[str]:

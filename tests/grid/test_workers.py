@@ -210,6 +210,11 @@ def test_more_than_one_worker_needs_a_broker(tmp_path):
     assert_one_clear_line(connmix("single", "-f", str(config), "-p", "2"), "-p 2", "engine.broker")
 
 
+def test_workers_cannot_share_port_0(tmp_path):
+    config = write_yaml(tmp_path, 0, 0, engine="broker: redis://127.0.0.1:1/0\n")
+    assert_one_clear_line(connmix("engine", "-f", str(config), "-p", "2"), "engine.apiServer.port", "-p 2")
+
+
 def test_a_bad_process_count_is_one_line(tmp_path):
     config = write_yaml(tmp_path, 0, 0)
     assert_one_clear_line(connmix("single", "-f", str(config), "-p", "many"), "-p", "'many'")
