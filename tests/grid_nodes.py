@@ -64,9 +64,11 @@ class Broker(RedisServer):
 
 
 class Node:
-    def __init__(self, grid: Grid, name: str) -> None:
+    def __init__(self, grid: Grid, name: str, command: str = "engine") -> None:
+        """command: engine (a grid node), or dev/single without engine.broker (one node, for comparison)."""
         self.grid = grid
         self.name = name
+        self.command = command
         self._reservations = [reserve_port(), reserve_port()]
         self.ws_port, self.api_port = (sock.getsockname()[1] for sock in self._reservations)
         self.dir = grid.tmp_path / name
@@ -86,9 +88,11 @@ class Node:
     def config(self) -> dict[str, Any]:
         server = {"port": self.ws_port, "bind": "127.0.0.1", "protocol": "websocket",
                   "options": [{"name": "path", "value": self.grid.ws_path}], "entry": self.grid.entry}
-        engine: dict[str, Any] = {"broker": self.grid.broker.url, "shutdownGrace": 1,
+        engine: dict[str, Any] = {"shutdownGrace": 1,
                                   "apiServer": {"port": self.api_port, "bind": "127.0.0.1"},
                                   "servers": [server]}
+        if self.command == "engine":
+            engine["broker"] = self.grid.broker.url
         engine.update(self.grid.engine_extra)
         return {"logging": {"filename": str(self.dir / "connmix.log"), "level": "info"}, "engine": engine}
 
@@ -96,7 +100,7 @@ class Node:
         path = self.dir / "connmix.yaml"
         path.write_text(yaml.safe_dump(self.config()))
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(engine_command("engine", "-f", str(path)),
+            self.process = subprocess.Popen(engine_command(self.command, "-f", str(path)),
                                             stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
         deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as session:
@@ -106,7 +110,8 @@ class Node:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"node {self.name} not ready in {START_TIMEOUT}s:\n{self.log_text()}")
                 await asyncio.sleep(0.05)
-        self.node_id = await self._registered_id(deadline)
+        if self.command == "engine":
+            self.node_id = await self._registered_id(deadline)
         return self
 
     async def _ready(self, session: aiohttp.ClientSession) -> bool:
@@ -160,14 +165,15 @@ class Grid:
     def __init__(self, tmp_path: Path, entry: str, ws_path: str = "/ws",
                  engine_extra: dict[str, Any] | None = None) -> None:
         self.tmp_path = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.entry = entry
         self.ws_path = ws_path
         self.engine_extra = engine_extra or {}
         self.broker = Broker()
         self.nodes: list[Node] = []
 
-    async def start_node(self, name: str | None = None) -> Node:
-        node = Node(self, name or f"node{len(self.nodes) + 1}")
+    async def start_node(self, name: str | None = None, command: str = "engine") -> Node:
+        node = Node(self, name or f"node{len(self.nodes) + 1}", command)
         self.nodes.append(node)
         return await node.start()
 

@@ -28,17 +28,21 @@ class GridNode:
         self.broker = RedisBroker(hub, self.transport, url.display)
         self.registry = Registry(url, describe)
         self._heartbeat: asyncio.Task | None = None
+        self.joined = False
 
     async def join(self) -> int:
-        """Connect and claim a node id; raises transport.BrokerDown (one line)."""
-        await self.transport.start()
+        """Claim a node id, then connect with this node's inbox subscribed
+        (confirmed before this returns: no answer to it can be missed).
+        Raises transport.BrokerDown (one line)."""
+        node_id = await self.registry.claim()
+        self.broker.listen(node_id)
         try:
-            node_id = await self.registry.claim()
+            await self.transport.start()
         except BaseException:
-            await self.transport.close()
+            await self.registry.unregister()
             await self.registry.close()
             raise
-        self.broker.listen(node_id)
+        self.joined = True
         log.info("grid node %d on broker %s", node_id, self.url.display)
         return node_id
 
@@ -55,9 +59,11 @@ class GridNode:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-        await self.registry.unregister()
+        if self.joined:
+            await self.registry.unregister()
 
     async def close(self) -> None:
+        self.joined = False
         await self.broker.close()
         await self.registry.close()
 

@@ -22,7 +22,7 @@ import random
 from collections import deque
 
 from .broker_url import BrokerUrl
-from .resp import RespConnection, RespError
+from .resp import CONNECT_TIMEOUT, RespConnection, RespError
 from .transport import BrokerDown, MessageHandler, StateHandler
 
 log = logging.getLogger("connmix.grid")
@@ -98,9 +98,27 @@ class RedisPubSub:
             subscriber.close()
             raise
         self._subscriber, self._publisher = subscriber, publisher
-        self._to_subscribe, self._to_unsubscribe = set(self.wanted), set()
-        self._flush()
+        try:
+            await self._restore(subscriber)
+        except BaseException:
+            self._disconnect("lost while subscribing")
+            raise
         self.up = True
+
+    async def _restore(self, conn: RespConnection) -> None:
+        """Subscribe to every wanted topic and wait until the broker confirms
+        them all: up means a PUBLISH to any of them reaches this node."""
+        pending = set(self.wanted)
+        self._to_subscribe, self._to_unsubscribe = set(pending), set()
+        self._flush()
+        async with asyncio.timeout(CONNECT_TIMEOUT + len(pending) / 10000):
+            while pending:
+                reply = await conn.read()
+                if isinstance(reply, list) and len(reply) == 3:
+                    if reply[0] == b"subscribe":
+                        pending.discard(reply[1].decode())
+                    elif reply[0] == b"message":
+                        self.on_message(reply[1], reply[2])
 
     async def _run(self) -> None:
         while True:

@@ -83,7 +83,8 @@ class RedisBroker:
         transport.on_state = self._on_state
 
     def listen(self, node_id: int) -> None:
-        """The transport is started and this node's id known: take messages."""
+        """This node's id is known: want its inbox (the transport subscribes
+        to it when it starts, before it says it is up)."""
         self.node_id = node_id
         inbox = node_inbox(node_id)
         self._inbox = inbox.encode()
