@@ -144,6 +144,27 @@ async def test_a_sigkilled_worker_is_started_again_and_serves(tmp_path):
         assert second != first
 
 
+async def test_a_replacement_that_cannot_start_is_retried_with_backoff(tmp_path):
+    """Only the first start of a worker stops everything on a start-up
+    mistake; a replacement that fails (the script broke meanwhile) is tried
+    again, waiting longer each time, and serves once the script is fixed."""
+    async with supervised(tmp_path, "-p", "1") as gateway, aiohttp.ClientSession() as session:
+        await gateway.ready(session)
+        entry = tmp_path / "entry.lua"
+        entry.write_text("function on_message(msg)\n  local x =\nend\n")
+        [first] = children(gateway.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        # Each death came soon after its start: 0.5 s, then twice as long each time.
+        await until(lambda: "exited with status 78; starting it again in 2 s" in gateway.log(),
+                    "a second failed start, retried after a longer wait", START_GUARD)
+        assert f"(pid {first}) was killed by SIGKILL; starting it again in 0.5 s" in gateway.log()
+        assert "exited with status 78; starting it again in 1 s" in gateway.log()
+        assert gateway.proc.returncode is None
+        entry.write_text(ECHO_LUA)
+        await gateway.ready(session)
+        assert await gateway.echo(session, "fixed") == "fixed"
+
+
 async def test_sigterm_stops_every_worker_and_the_parent_exits_0(tmp_path):
     async with supervised(tmp_path, "-p", "1") as gateway, aiohttp.ClientSession() as session:
         await gateway.ready(session)
