@@ -50,6 +50,7 @@ def _add_worker_options(cmd: argparse.ArgumentParser) -> None:
     # How the -p parent starts each worker; not for people.
     cmd.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     cmd.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
+    cmd.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
 def check(path: str) -> int:
@@ -102,8 +103,9 @@ def supervise(path: str, mode: str, processes: str) -> int:
     return asyncio.run(workers.Supervisor(count, workers.worker_argv(mode, path, os.getpid())).run())
 
 
-async def serve(path: str, mode: str, worker: int | None = None) -> int:
-    """Run one engine until SIGINT/SIGTERM; ``worker``: as -p's worker of that index."""
+async def serve(path: str, mode: str, worker: int | None = None, ready_fd: int | None = None) -> int:
+    """Run one engine until SIGINT/SIGTERM; ``worker``: as -p's worker of that
+    index, telling its parent through ready_fd once it serves."""
     try:
         settings = load_for(path, mode)
         if worker is not None:
@@ -124,6 +126,8 @@ async def serve(path: str, mode: str, worker: int | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("connmix-py running (%s mode); Ctrl-C stops", mode)
+    if ready_fd is not None:
+        workers.tell_serving(ready_fd)
     await stop.wait()
     log.info("stopping")
     await engine.stop()
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if worker is not None and not workers.die_with_supervisor(args.supervisor):
         return 1  # its parent is gone already
     try:
-        return run(serve(args.file, args.command, worker))
+        return run(serve(args.file, args.command, worker, getattr(args, "ready_fd", None)))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
 

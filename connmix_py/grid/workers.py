@@ -3,12 +3,14 @@ grid node listening on the yaml's ports with SO_REUSEPORT (the kernel spreads
 new connections over them).
 
 The parent runs no engine. It starts each worker as
-``python -m connmix_py <command> -f FILE --worker I --supervisor PID``,
-restarts one that dies (waiting longer after each quick death, so a crash
-loop does not spin), forwards SIGTERM/SIGINT and exits when every worker has
-stopped: 0 when all stopped cleanly, 1 otherwise. A worker that cannot start
-the first time (a user mistake: port in use, a script that does not load)
-exits with EXIT_CANNOT_START after logging its one line; that stops them all.
+``python -m connmix_py <command> -f FILE --worker I --supervisor PID --ready-fd FD``
+(the worker writes a byte to FD once it serves), restarts one that dies
+(waiting longer after each quick death, so a crash loop does not spin),
+forwards SIGTERM/SIGINT and exits when every worker has stopped: 0 when all
+stopped cleanly, 1 otherwise. Worker 1 starts alone; the others once it
+serves. A worker that cannot start (a user mistake: port in use, a script
+that does not load) exits with EXIT_CANNOT_START after logging its one line;
+before any worker of its slot has served, that stops them all.
 """
 from __future__ import annotations
 
@@ -71,15 +73,19 @@ def describe_exit(code: int) -> str:
 
 
 class Supervisor:
-    """Keeps ``count`` workers running; ``argv(index)`` is worker index's command line."""
+    """Keeps ``count`` workers running; ``argv(index, ready_fd)`` is worker
+    index's command line."""
 
-    def __init__(self, count: int, argv: Callable[[int], list[str]]) -> None:
+    def __init__(self, count: int, argv: Callable[[int, int], list[str]]) -> None:
         self.count = count
         self.argv = argv
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.failed = False  # a worker that did not stop cleanly, or could not start
         self._stop = asyncio.Event()
+        # Set once worker 1 serves: a start-up mistake shows as one line, not
+        # one per worker, and N processes do not all fail at once.
+        self._first_ready = asyncio.Event()
 
     async def run(self) -> int:
         """Until every worker has stopped; the exit status for the command."""
@@ -115,14 +121,16 @@ class Supervisor:
     async def _keep(self, index: int) -> None:
         """Run worker index, and again each time it dies, until stop()."""
         loop = asyncio.get_running_loop()
+        if index > 1 and not await self._until(self._first_ready):
+            return
         quick_deaths = 0
-        first = True
+        served = False  # has a worker of this slot ever served?
         while not self.stopping:
             started = loop.time()
-            proc = await asyncio.create_subprocess_exec(*self.argv(index), stdin=asyncio.subprocess.DEVNULL)
-            self.procs[index] = proc
-            if self.stopping:  # stop() came while it was being started
-                proc.send_signal(signal.SIGTERM)
+            proc, ready = await self._start(index)
+            if await ready:
+                served = True
+                self._first_ready.set()
             code = await proc.wait()
             del self.procs[index]
             if self.stopping:
@@ -130,12 +138,11 @@ class Supervisor:
                     log.warning("worker %d (pid %d) %s while stopping", index, proc.pid, describe_exit(code))
                     self.failed = True
                 return
-            if first and code == EXIT_CANNOT_START:
+            if not served and code == EXIT_CANNOT_START:
                 # Its one line says why; every other worker would fail the same way.
                 self.failed = True
                 self.stop()
                 return
-            first = False
             quick_deaths = quick_deaths + 1 if loop.time() - started < STABLE_AFTER else 0
             delay = backoff(quick_deaths)
             log.warning("worker %d (pid %d) %s; starting it again%s", index, proc.pid, describe_exit(code),
@@ -145,6 +152,37 @@ class Supervisor:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 except TimeoutError:
                     pass
+
+    async def _start(self, index: int) -> tuple[asyncio.subprocess.Process, asyncio.Future[bool]]:
+        """Worker index, and a future: True once it serves, False if it exits first."""
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(*self.argv(index, write_fd), pass_fds=(write_fd,),
+                                                        stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            os.close(write_fd)  # the worker holds it now: end of file = it exited
+        self.procs[index] = proc
+        if self.stopping:  # stop() came while it was being started
+            proc.send_signal(signal.SIGTERM)
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(read_fd, "rb"))
+
+        async def serves() -> bool:
+            try:
+                return await reader.read(1) != b""
+            finally:
+                transport.close()
+        return proc, asyncio.ensure_future(serves())
+
+    async def _until(self, event: asyncio.Event) -> bool:
+        """Wait for event or stop(); False when stopped."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        return not self.stopping
 
 
 def any_port(settings: Settings) -> str | None:
@@ -157,11 +195,11 @@ def any_port(settings: Settings) -> str | None:
     return None
 
 
-def worker_argv(command: str, path: str, supervisor_pid: int) -> Callable[[int], list[str]]:
+def worker_argv(command: str, path: str, supervisor_pid: int) -> Callable[[int, int], list[str]]:
     """The command line that runs worker index of this command."""
-    def argv(index: int) -> list[str]:
+    def argv(index: int, ready_fd: int) -> list[str]:
         return [sys.executable, "-m", "connmix_py", command, "-f", path,
-                "--worker", str(index), "--supervisor", str(supervisor_pid)]
+                "--worker", str(index), "--supervisor", str(supervisor_pid), "--ready-fd", str(ready_fd)]
     return argv
 
 
@@ -177,6 +215,15 @@ def die_with_supervisor(supervisor_pid: int) -> bool:
     except (OSError, AttributeError):  # not Linux: orphans go on until stopped
         pass
     return os.getppid() == supervisor_pid
+
+
+def tell_serving(ready_fd: int) -> None:
+    """Tell the parent this worker serves now (it starts the other workers)."""
+    try:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    except OSError:  # the parent is gone: its death signal stops this worker
+        pass
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
