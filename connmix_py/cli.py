@@ -50,7 +50,7 @@ def _add_worker_options(cmd: argparse.ArgumentParser) -> None:
     # How the -p parent starts each worker; not for people.
     cmd.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     cmd.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
-    cmd.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    cmd.add_argument("--report-fd", type=int, help=argparse.SUPPRESS)
 
 
 def check(path: str) -> int:
@@ -100,12 +100,12 @@ def supervise(path: str, mode: str, processes: str) -> int:
         log.error("%s: 0 (any free port) would give each of the -p %d workers a different port; "
                   "give a port number", unshared, count)
         return 1
-    return asyncio.run(workers.Supervisor(count, workers.worker_argv(mode, path, os.getpid())).run())
+    return run(workers.Supervisor(count, workers.worker_argv(mode, path, os.getpid())).run())
 
 
-async def serve(path: str, mode: str, worker: int | None = None, ready_fd: int | None = None) -> int:
+async def serve(path: str, mode: str, worker: int | None = None, report_fd: int | None = None) -> int:
     """Run one engine until SIGINT/SIGTERM; ``worker``: as -p's worker of that
-    index, telling its parent through ready_fd once it serves."""
+    index, reporting its start to its parent on report_fd."""
     try:
         settings = load_for(path, mode)
         if worker is not None:
@@ -118,6 +118,9 @@ async def serve(path: str, mode: str, worker: int | None = None, ready_fd: int |
             engine.on_logging_level = lambda level: logging.getLogger().setLevel(logs.LEVELS[level])
         await engine.start()
     except (ConfigError, StartupError) as exc:
+        if report_fd is not None:  # the parent logs it, once for all its workers
+            workers.report_start(report_fd, str(exc))
+            return workers.EXIT_CANNOT_START
         for problem in str(exc).splitlines():  # one problem per line, each with its own prefix
             log.error("%s", problem)
         return 1 if worker is None else workers.EXIT_CANNOT_START
@@ -126,8 +129,8 @@ async def serve(path: str, mode: str, worker: int | None = None, ready_fd: int |
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("connmix-py running (%s mode); Ctrl-C stops", mode)
-    if ready_fd is not None:
-        workers.tell_serving(ready_fd)
+    if report_fd is not None:
+        workers.report_start(report_fd)
     await stop.wait()
     log.info("stopping")
     await engine.stop()
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if worker is not None and not workers.die_with_supervisor(args.supervisor):
         return 1  # its parent is gone already
     try:
-        return run(serve(args.file, args.command, worker, getattr(args, "ready_fd", None)))
+        return run(serve(args.file, args.command, worker, getattr(args, "report_fd", None)))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
 

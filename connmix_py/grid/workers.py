@@ -3,14 +3,16 @@ grid node listening on the yaml's ports with SO_REUSEPORT (the kernel spreads
 new connections over them).
 
 The parent runs no engine. It starts each worker as
-``python -m connmix_py <command> -f FILE --worker I --supervisor PID --ready-fd FD``
-(the worker writes a byte to FD once it serves), restarts one that dies
-(waiting longer after each quick death, so a crash loop does not spin),
-forwards SIGTERM/SIGINT and exits when every worker has stopped: 0 when all
-stopped cleanly, 1 otherwise. Worker 1 starts alone; the others once it
-serves. A worker that cannot start (a user mistake: port in use, a script
-that does not load) exits with EXIT_CANNOT_START after logging its one line;
-before any worker of its slot has served, that stops them all.
+``python -m connmix_py <command> -f FILE --worker I --supervisor PID --report-fd FD``,
+restarts one that dies (waiting longer after each quick death, so a crash
+loop does not spin), forwards SIGTERM/SIGINT and exits when every worker has
+stopped: 0 when all stopped cleanly, 1 otherwise.
+
+A worker reports its start on FD, a pipe to the parent: READY once it
+serves, or why it cannot start (a user mistake: port in use, a script that
+does not load), then it exits with EXIT_CANNOT_START. The parent logs that
+reason once, whichever worker sent it first (N workers would each say the
+same), and when no worker of that slot ever served, stops them all.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ log = logging.getLogger("connmix.workers")
 
 # A worker's exit status for "cannot start" (sysexits' EX_CONFIG).
 EXIT_CANNOT_START = 78
+# What a worker writes on its report pipe once it serves (anything else: why it cannot start).
+READY = b"ready"
 # A worker that ran this long (seconds) before dying was not crash-looping:
 # its next restart is immediate again.
 STABLE_AFTER = 10.0
@@ -73,7 +77,7 @@ def describe_exit(code: int) -> str:
 
 
 class Supervisor:
-    """Keeps ``count`` workers running; ``argv(index, ready_fd)`` is worker
+    """Keeps ``count`` workers running; ``argv(index, report_fd)`` is worker
     index's command line."""
 
     def __init__(self, count: int, argv: Callable[[int, int], list[str]]) -> None:
@@ -83,9 +87,6 @@ class Supervisor:
         self.stopping = False
         self.failed = False  # a worker that did not stop cleanly, or could not start
         self._stop = asyncio.Event()
-        # Set once worker 1 serves: a start-up mistake shows as one line, not
-        # one per worker, and N processes do not all fail at once.
-        self._first_ready = asyncio.Event()
 
     async def run(self) -> int:
         """Until every worker has stopped; the exit status for the command."""
@@ -121,28 +122,27 @@ class Supervisor:
     async def _keep(self, index: int) -> None:
         """Run worker index, and again each time it dies, until stop()."""
         loop = asyncio.get_running_loop()
-        if index > 1 and not await self._until(self._first_ready):
-            return
         quick_deaths = 0
         served = False  # has a worker of this slot ever served?
         while not self.stopping:
             started = loop.time()
-            proc, ready = await self._start(index)
-            if await ready:
-                served = True
-                self._first_ready.set()
+            proc, reported = await self._start(index)
+            report = await reported
+            served = served or report == READY
             code = await proc.wait()
             del self.procs[index]
             if self.stopping:
-                if code != 0:
+                if code != 0 and not self.failed:  # after a failed start, the others' ends say nothing new
                     log.warning("worker %d (pid %d) %s while stopping", index, proc.pid, describe_exit(code))
                     self.failed = True
                 return
-            if not served and code == EXIT_CANNOT_START:
-                # Its one line says why; every other worker would fail the same way.
-                self.failed = True
-                self.stop()
-                return
+            if report and report != READY:
+                for line in report.decode(errors="replace").splitlines():
+                    log.error("worker %d: %s", index, line)
+                if not served:  # every other worker would fail the same way
+                    self.failed = True
+                    self.stop()
+                    return
             quick_deaths = quick_deaths + 1 if loop.time() - started < STABLE_AFTER else 0
             delay = backoff(quick_deaths)
             log.warning("worker %d (pid %d) %s; starting it again%s", index, proc.pid, describe_exit(code),
@@ -153,8 +153,8 @@ class Supervisor:
                 except TimeoutError:
                     pass
 
-    async def _start(self, index: int) -> tuple[asyncio.subprocess.Process, asyncio.Future[bool]]:
-        """Worker index, and a future: True once it serves, False if it exits first."""
+    async def _start(self, index: int) -> tuple[asyncio.subprocess.Process, asyncio.Future[bytes]]:
+        """Worker index, and its report: READY, why it cannot start, or b"" (it died first)."""
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
         try:
@@ -169,20 +169,12 @@ class Supervisor:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                                     os.fdopen(read_fd, "rb"))
 
-        async def serves() -> bool:
+        async def report() -> bytes:
             try:
-                return await reader.read(1) != b""
+                return await reader.read()  # the worker closes the pipe after its report (or dies)
             finally:
                 transport.close()
-        return proc, asyncio.ensure_future(serves())
-
-    async def _until(self, event: asyncio.Event) -> bool:
-        """Wait for event or stop(); False when stopped."""
-        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
-        return not self.stopping
+        return proc, asyncio.ensure_future(report())
 
 
 def any_port(settings: Settings) -> str | None:
@@ -197,9 +189,9 @@ def any_port(settings: Settings) -> str | None:
 
 def worker_argv(command: str, path: str, supervisor_pid: int) -> Callable[[int, int], list[str]]:
     """The command line that runs worker index of this command."""
-    def argv(index: int, ready_fd: int) -> list[str]:
+    def argv(index: int, report_fd: int) -> list[str]:
         return [sys.executable, "-m", "connmix_py", command, "-f", path,
-                "--worker", str(index), "--supervisor", str(supervisor_pid), "--ready-fd", str(ready_fd)]
+                "--worker", str(index), "--supervisor", str(supervisor_pid), "--report-fd", str(report_fd)]
     return argv
 
 
@@ -217,11 +209,11 @@ def die_with_supervisor(supervisor_pid: int) -> bool:
     return os.getppid() == supervisor_pid
 
 
-def tell_serving(ready_fd: int) -> None:
-    """Tell the parent this worker serves now (it starts the other workers)."""
+def report_start(report_fd: int, problem: str | None = None) -> None:
+    """Tell the parent this worker serves (problem None) or why it cannot start."""
     try:
-        os.write(ready_fd, b"1")
-        os.close(ready_fd)
+        os.write(report_fd, READY if problem is None else problem.encode())
+        os.close(report_fd)
     except OSError:  # the parent is gone: its death signal stops this worker
         pass
 

@@ -254,8 +254,9 @@ def test_a_port_in_use_stops_everything_with_the_workers_line(tmp_path):
     assert "starting it again" not in result.stderr
 
 
-def test_workers_start_after_the_first_serves_so_a_mistake_is_one_line(tmp_path):
-    """-p 2 with the port in use: worker 1 reports it and the others never start."""
+def test_workers_that_cannot_start_are_one_line(tmp_path):
+    """-p 3 with the port in use: each worker reports it to the parent, which
+    logs it once and stops."""
     server = RedisServer()
     try:
         with socket.socket() as taken:
@@ -264,11 +265,11 @@ def test_workers_start_after_the_first_serves_so_a_mistake_is_one_line(tmp_path)
             with reserved_port() as api_port:
                 config = write_yaml(tmp_path, taken.getsockname()[1], api_port,
                                     engine=f"broker: redis://127.0.0.1:{server.port}/0\n")
-                result = connmix("engine", "-f", str(config), "-p", "2")
+                result = connmix("engine", "-f", str(config), "-p", "3")
     finally:
         server.stop()
-    assert_one_clear_line(result, "engine.servers[0].port", "cannot listen", "worker 1")
-    assert "worker 2" not in result.stderr
+    assert_one_clear_line(result, "engine.servers[0].port", "cannot listen", "connmix.workers: worker ")
+    assert "starting it again" not in result.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "auto"])
