@@ -160,6 +160,9 @@ class Supervisor:
         try:
             proc = await asyncio.create_subprocess_exec(*self.argv(index, write_fd), pass_fds=(write_fd,),
                                                         stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)  # the worker holds it now: end of file = it exited
         self.procs[index] = proc
