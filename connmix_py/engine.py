@@ -91,8 +91,7 @@ class Engine:
         self.on_logging_level: Callable[[str], None] | None = None
         self.stopping = False
         self._advertised: str | None = None  # the host in this node's registration
-        # /readyz asks each: None when ready, else why not. A broker adds its
-        # connection state here when there is one.
+        # /readyz asks each: None when ready, else why not.
         self.readiness_checks: list[Callable[[], str | None]] = [self._listening]
         # A broker outage does not make a node unready: every node loses the
         # same broker at once, so unready would send a load balancer nowhere,

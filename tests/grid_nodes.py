@@ -191,18 +191,25 @@ class Grid:
 
     async def subscribed_nodes(self, channel: str) -> int:
         """How many nodes the broker has subscribed to a mesh channel."""
+        return await self.topic_subscribers(channel_topic(channel))
+
+    async def topic_subscribers(self, topic: str) -> int:
         client = self.broker.client()
         try:
-            counts = await client.pubsub_numsub(channel_topic(channel))
+            counts = await client.pubsub_numsub(topic)
             return int(counts[0][1])
         finally:
             await client.aclose()
 
     async def wait_subscribed(self, channel: str, nodes: int, timeout: float = 10) -> None:
+        await self.wait_topic(channel_topic(channel), nodes, timeout)
+
+    async def wait_topic(self, topic: str, subscribers: int, timeout: float = 10) -> None:
+        """Until the broker counts this many subscribers of a topic (a node's inbox, say)."""
         deadline = time.monotonic() + timeout
-        while (count := await self.subscribed_nodes(channel)) != nodes:
+        while (count := await self.topic_subscribers(topic)) != subscribers:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{count} node(s), not {nodes}, subscribed to {channel} on the broker")
+                raise AssertionError(f"{count} subscriber(s), not {subscribers}, of {topic} on the broker")
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:

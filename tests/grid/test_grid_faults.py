@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 import aiohttp
 import orjson
@@ -151,11 +152,7 @@ async def test_a_stopped_node_unregisters_at_once(grid):
     a, b = await grid.start_node(), await grid.start_node()
     assert await b.stop() == 0
     assert {record["id"] for record in await grid.records()} == {a.node_id}
-    redis = grid.broker.client()
-    try:
-        assert await redis.pubsub_numsub(node_inbox(b.node_id)) == [(node_inbox(b.node_id).encode(), 0)]
-    finally:
-        await redis.aclose()
+    assert await grid.topic_subscribers(node_inbox(b.node_id)) == 0
 
 
 async def test_a_node_never_overwrites_a_claim_on_its_id_and_takes_it_back_when_free(grid):
@@ -172,3 +169,30 @@ async def test_a_node_never_overwrites_a_claim_on_its_id_and_takes_it_back_when_
         assert orjson.loads(await redis.get(node_key(a.node_id)))["pid"] == a.process.pid
     finally:
         await redis.aclose()
+
+
+async def test_a_broker_that_stops_answering_is_noticed_and_rejoined(grid, connect, session):
+    """SIGSTOP: the broker's sockets stay open but nothing comes back; the
+    subscriber connection's PING finds it out."""
+    a, b = await grid.start_node(), await grid.start_node()
+    on_a, on_b = await connect(a), await connect(b)
+    for client in (on_a, on_b):
+        await client.subscribe("feed")
+    await grid.wait_subscribed("feed", 2)
+    grid.broker.process.send_signal(signal.SIGSTOP)
+    try:
+        await until_async(lambda: health(session, a), lambda h: h["broker"].startswith("down"),
+                          "a noticed the silent broker", timeout=20)
+        assert await api(session, a, "/v1/mesh/publish", {"c": "feed", "d": "local"}) == {
+            "E": None, "r": {"s": 1, "f": 0}}
+        assert await on_a.text() == "local"
+    finally:
+        grid.broker.process.send_signal(signal.SIGCONT)
+    for node in (a, b):
+        await until_async(lambda node=node: health(session, node), lambda h: h["broker"] == "connected",
+                          f"{node.name} reconnected", timeout=20)
+    await grid.wait_subscribed("feed", 2)
+    assert await api(session, b, "/v1/mesh/publish", {"c": "feed", "d": "grid"}) == {"E": None,
+                                                                                  "r": {"s": 2, "f": 0}}
+    assert await on_a.text() == "grid"
+    assert await on_b.text() == "grid"
