@@ -88,6 +88,8 @@ class Directory:
                 self._malformed.add(node_id)
                 log.warning("registry: the record of node %d is not a node's record (%s); not listed", node_id, exc)
             return None
+        if node.get("servers") == []:
+            return None  # claimed its id, not listening yet: a backend could not use it
         node.pop("token", None)  # the claim's secret: only its owner needs it
         return node
 
