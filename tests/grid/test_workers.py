@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from connmix_py.client import Consumer
 from connmix_py.grid.keys import NODES_SET, channel_topic, node_key
 from connmix_py.grid.workers import worker_count
 from tests.held_backend import held_fixture  # noqa: F401  (the held fixture)
@@ -380,6 +381,54 @@ async def test_two_workers_share_the_ports_and_the_grid(tmp_path):
                 await ws.close()
             gateway.proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(gateway.proc.wait(), STOP_GUARD) == 0, gateway.log()
+    finally:
+        await broker.aclose()
+        server.stop()
+
+
+PUSH_LUA = """
+function on_message(msg)
+    local n, err = mix.queue.push("jobs", msg.data)
+    mix.websocket():send(err and ("error: " .. err) or "pushed")
+end
+"""
+
+
+async def test_a_consumer_given_the_shared_port_gets_the_items_of_every_worker(tmp_path):
+    """Each worker's mix.queue is its own; the Consumer finds both through
+    /v1/nodes (their private apiServer ports) and gets what either queued."""
+    server = RedisServer()
+    broker = aioredis.Redis(port=server.port)
+    try:
+        async with (supervised(tmp_path, "-p", "2", command="engine", lua=PUSH_LUA,
+                               engine=f"broker: redis://127.0.0.1:{server.port}/0\n") as gateway,
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session):
+            async with within(START_GUARD, "both workers registered"):
+                while len(await registered(broker)) < 2:
+                    assert gateway.proc.returncode is None, gateway.log()
+                    await asyncio.sleep(0.1)
+            nodes = await registered(broker)
+            consumer = Consumer(f"http://127.0.0.1:{gateway.api_port}", ["jobs"])
+            async with consumer:
+                async with within(START_GUARD, "the consumer attached to both workers"):
+                    while len(consumer.nodes) < 2 or not consumer.attached:
+                        await asyncio.sleep(0.05)
+                # Clients until both workers have pushed at least once (the kernel picks).
+                pushed: list[str] = []
+                async with within(START_GUARD, "an item pushed on each worker"):
+                    while min([(await worker_stats(session, node))["connections"] for node in nodes]) == 0:
+                        ws = await session.ws_connect(f"http://127.0.0.1:{gateway.ws_port}/ws")
+                        await ws.send_str(f"item {len(pushed)}")
+                        assert (await ws.receive(timeout=STOP_GUARD)).data == "pushed"
+                        pushed.append(f"item {len(pushed)}")
+                events = []
+                async with within(STOP_GUARD, "every item consumed"):
+                    async for event in consumer:
+                        events.append(event)
+                        if len(events) == len(pushed):
+                            break
+            assert sorted(event.data for event in events) == sorted(pushed)
+            assert {event.node for event in events} == {node["id"] for node in nodes}
     finally:
         await broker.aclose()
         server.stop()
