@@ -24,13 +24,14 @@ def server_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
+        """extra_args: more valkey-server options (e.g. --unixsocket PATH)."""
         self.reservation = reserve_port()
         self.port = self.reservation.getsockname()[1]
         self.dir = tempfile.TemporaryDirectory()
         self.process = subprocess.Popen(
             [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name],
+             "--appendonly", "no", "--dir", self.dir.name, *extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.process.poll() is None:

@@ -31,6 +31,17 @@ def _command(args: tuple[bytes | str | int, ...]) -> bytes:
     return b"".join(parts)
 
 
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """rediss://: the system's CAs, or the URL's ``ssl_ca_certs`` file (a
+    private CA); ``ssl_cert_reqs=none`` turns verification off. The same
+    query keys redis-py reads for the registry's connection."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if str(options.get("ssl_cert_reqs", "required")).lower() == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class RespConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -43,7 +54,7 @@ class RespConnection:
             if options.get("connection_class") is UnixDomainSocketConnection:
                 reader, writer = await asyncio.open_unix_connection(options["path"])
             else:
-                tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
+                tls = tls_context(options) if options.get("connection_class") is SSLConnection else None
                 reader, writer = await asyncio.open_connection(options["host"], options.get("port", 6379),
                                                                ssl=tls)
                 sock = writer.get_extra_info("socket")
