@@ -108,28 +108,27 @@ async def test_a_grid_over_a_unix_socket(tmp_path):
         server.stop()
 
 
-async def test_a_grid_over_tls(tmp_path):
+@pytest.fixture
+async def tls_broker_port() -> AsyncIterator[int]:
+    """A valkey reached through TlsProxy: the proxy's port."""
     server = RedisServer()
     proxy = TlsProxy(server.port)
     try:
-        port = await proxy.start()
-        async with two_nodes(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={CERT}", tmp_path) as (first, second):
-            assert first.ids.node_id != second.ids.node_id
-            await publish_and_send_across(first, second)
+        yield await proxy.start()
     finally:
         await proxy.close()
         server.stop()
 
 
-async def test_a_broker_whose_certificate_is_not_trusted_is_refused_at_start(tmp_path):
-    server = RedisServer()
-    proxy = TlsProxy(server.port)
-    try:
-        port = await proxy.start()
-        engine = Engine(node_settings(f"rediss://127.0.0.1:{port}/0", tmp_path))  # system CAs only
-        with pytest.raises(StartupError) as refused:
-            await engine.start()
-        assert "\n" not in str(refused.value) and "certificate" in str(refused.value).lower()
-    finally:
-        await proxy.close()
-        server.stop()
+async def test_a_grid_over_tls(tls_broker_port, tmp_path):
+    url = f"rediss://127.0.0.1:{tls_broker_port}/0?ssl_ca_certs={CERT}"
+    async with two_nodes(url, tmp_path) as (first, second):
+        assert first.ids.node_id != second.ids.node_id
+        await publish_and_send_across(first, second)
+
+
+async def test_a_broker_whose_certificate_is_not_trusted_is_refused_at_start(tls_broker_port, tmp_path):
+    engine = Engine(node_settings(f"rediss://127.0.0.1:{tls_broker_port}/0", tmp_path))  # system CAs only
+    with pytest.raises(StartupError) as refused:
+        await engine.start()
+    assert "\n" not in str(refused.value) and "certificate" in str(refused.value).lower()
