@@ -12,24 +12,13 @@ from hypothesis import strategies as st
 
 from connmix_py.servers.ws_codec import (OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
                                          FrameError, FrameReader)
+from tests.raw_websocket import client_frame
 
 
-def frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, mask: bytes | None = None,
-          masked: bool = True, rsv: int = 0) -> bytes:
-    """A client frame built here independently of the reader."""
-    first = (0x80 if fin else 0) | rsv << 4 | opcode
-    bit = 0x80 if masked else 0
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", first, bit | size)
-    elif size < 65536:
-        head = struct.pack("!BBH", first, bit | 126, size)
-    else:
-        head = struct.pack("!BBQ", first, bit | 127, size)
-    if not masked:
-        return head + payload
-    mask = mask if mask is not None else os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+def frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """A client frame built by the tests' own client code; rsv sets reserved bits."""
+    data = client_frame(payload, opcode, fin, masked)
+    return bytes((data[0] | rsv << 4,)) + data[1:]
 
 
 def read_all(data: bytes, max_size: int = 0) -> list[tuple[int, bytes]]:
