@@ -350,16 +350,19 @@ class WebSocketSession(asyncio.Protocol):
         assert conn is not None and reader is not None
         if conn.close_code is not None and not self.close_sent:
             return  # closed by the server meanwhile
+        failure: FrameError | None = None
         try:
             frames = reader.feed(data)
         except FrameError as exc:
-            frames = exc.frames
-            failure = exc
-        else:
-            failure = None
-        for opcode, payload in frames or ():
-            if not self._frame(conn, opcode, payload):
-                return
+            frames, failure = exc.frames, exc
+        # The replies to this read's frames leave in one write.
+        conn.cork()
+        try:
+            for opcode, payload in frames:
+                if not self._frame(conn, opcode, payload):
+                    return
+        finally:
+            conn.uncork()
         if failure is not None:
             self._failed(conn, failure)
         elif frames and self.worker is None and not conn.closing:
@@ -383,7 +386,7 @@ class WebSocketSession(asyncio.Protocol):
             self._message(conn, binary, payload)
         elif opcode == OP_PING:
             if not self.paused:
-                self.transport.write(encode_frame(payload, _PONG))
+                conn.write_frame(encode_frame(payload, _PONG))
             else:  # reading is paused behind a flood: what came after it waits its turn
                 self._queue(OP_PING, payload)
         elif opcode == OP_CLOSE:  # from the client: clean unless its code is invalid
@@ -395,6 +398,7 @@ class WebSocketSession(asyncio.Protocol):
                 self._fail(conn, CLOSE_PROTOCOL_ERROR, f"protocol error (1002): {invalid}")
                 return False
             self.client_code = code
+            conn.uncork()  # the replies before the close go first
             conn.mark_closed(None)
             self._send_close(CLOSE_NORMAL)
             self.transport.close()
@@ -432,7 +436,7 @@ class WebSocketSession(asyncio.Protocol):
             while inbox and (not conn.closing or conn.close_code is None):
                 opcode, data = inbox.popleft()
                 if opcode == OP_PING:
-                    self.transport.write(encode_frame(data, _PONG))
+                    conn.write_frame(encode_frame(data, _PONG))
                     continue
                 pending = vm.call_message(conn, opcode == OP_BINARY, data)
                 if pending is not None:
