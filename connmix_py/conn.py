@@ -67,7 +67,7 @@ class Connection:
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "frames_sent", "send_errors", "blocked_since",
-        "block_mark", "big_frames", "encoder", "script_frames", "session", "log", "aborted", "_pending",
+        "block_mark", "big_frames", "encoder", "script_frames", "session", "_logger", "_log", "aborted", "_pending",
         "_closer", "_loop", "_waiters", "_corked", "_corked_size",
     )
 
@@ -109,8 +109,10 @@ class Connection:
         self.script_frames = script_frames
         # The server's per-connection state (a socket connection's input buffer).
         self.session = session
-        # The server's logger, with this client's id and address in every line.
-        self.log = ConnectionLog(logger, client_id, remote_addr)
+        # The server's logger; ``log`` adds this client's id and address to every
+        # line (made at the first use: most connections never log a line).
+        self._logger = logger
+        self._log: ConnectionLog | None = None
         self.aborted = False  # dropped without a close (no close code was sent)
         self._pending: list[bytes] | None = []
         self._closer: Callable[[int], None] | None = None
@@ -119,6 +121,12 @@ class Connection:
         # Frames held back while the server handles one read (cork/uncork), and their size.
         self._corked: list[bytes] | None = None
         self._corked_size = 0
+
+    @property
+    def log(self) -> ConnectionLog:
+        if self._log is None:
+            self._log = ConnectionLog(self._logger, self.client_id, self.remote_addr)
+        return self._log
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.remote_addr}>"
@@ -164,6 +172,8 @@ class Connection:
     def log_closed(self, code: int | None) -> None:
         """The connection's last line: the close code (1006: the connection
         was lost, no close was exchanged) and the reason on_close gets."""
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return
         if code is None or self.aborted:
             code = 1006
         self.log.debug("closed: code %d, %s", code, self.close_err or "clean")

@@ -130,6 +130,7 @@ class WebSocketServer:
         self.refusals = RateLimitedLog(http_log)
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._drain: asyncio.Future | None = None  # while stop() waits for the connections to end
 
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -157,21 +158,35 @@ class WebSocketServer:
         if self._sweeper:
             self._sweeper.cancel()
         await self.stop_accepting()
-        sessions = list(self.sessions)
         self.close_clients()
-        for session in sessions:
-            if session.conn is None or session.conn.transport is None:  # not upgraded: nothing to say
+        for session in list(self.sessions):
+            if session.reader is None:  # not upgraded: nothing to say
                 session.transport.abort()
-        finished = [session.finished for session in sessions]
-        if finished:
-            _, late = await asyncio.wait(finished, timeout=SHUTDOWN_GRACE)
-            if late:
-                for session in sessions:
-                    if not session.finished.done():
-                        session.transport.abort()
-                await asyncio.wait(late, timeout=SHUTDOWN_GRACE)
+        if not await self._drained(SHUTDOWN_GRACE):
+            for session in list(self.sessions):
+                session.transport.abort()
+            await self._drained(SHUTDOWN_GRACE)
         if self._server:
             await self._server.wait_closed()
+
+    async def _drained(self, timeout: float) -> bool:
+        """Wait until every socket is gone and every on_close has run."""
+        if self.sessions or self.conns:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._drain, timeout)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def session_ended(self, session: "WebSocketSession") -> None:
+        """A socket is gone, its on_close run: wake stop() once all are."""
+        self.sessions.discard(session)
+        if session.conn is not None:
+            self.conns.discard(session.conn)
+        drain = self._drain
+        if drain is not None and not drain.done() and not self.sessions and not self.conns:
+            drain.set_result(None)
 
     def refuse(self, remote: str, status: int, reason: str) -> None:
         """One log line (rate-limited) for a refused upgrade request."""
@@ -184,7 +199,7 @@ class WebSocketSession(asyncio.Protocol):
     running its callbacks in order."""
 
     __slots__ = ("server", "transport", "remote", "conn", "parser", "head_timer", "early", "reader",
-                 "worker", "inbox", "paused", "close_sent", "close_started", "client_code", "finished")
+                 "worker", "inbox", "paused", "close_sent", "close_started", "client_code")
 
     def __init__(self, server: WebSocketServer) -> None:
         self.server = server
@@ -202,7 +217,6 @@ class WebSocketSession(asyncio.Protocol):
         self.close_sent = False
         self.close_started: float | None = None
         self.client_code: int | None = None  # of the client's close frame
-        self.finished: asyncio.Future = asyncio.get_running_loop().create_future()  # on_close has run
 
     # -- the upgrade ----------------------------------------------------------------
 
@@ -288,7 +302,8 @@ class WebSocketSession(asyncio.Protocol):
         conn = Connection(server.next_client_id(), server, self.remote, settings.max_send_queue,
                           settings.write_timeout, settings.read_timeout, session=self, logger=log)
         self.conn = conn
-        conn.log.debug("accepted on port %d, %s %s", server.port, request.method, request.url.path)
+        if log.isEnabledFor(logging.DEBUG):  # most connections never log a line: no logger made
+            conn.log.debug("accepted on port %d, %s %s", server.port, request.method, request.url.path)
         server.hub.add(conn)
         try:
             refused = await self._verdict(request, conn)
@@ -333,7 +348,8 @@ class WebSocketSession(asyncio.Protocol):
         if accepted is False or conn.closing:
             conn.log.debug("handshake refused: 403 by on_handshake")
             return http_reply(403, "forbidden\n")
-        conn.log.debug("handshake accepted")
+        if log.isEnabledFor(logging.DEBUG):
+            conn.log.debug("handshake accepted")
         return None
 
     def _forget(self) -> None:
@@ -494,15 +510,13 @@ class WebSocketSession(asyncio.Protocol):
         return False  # a half-close without a close frame ends the connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.sessions.discard(self)
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
         self.parser = None
         conn = self.conn
         if conn is None or self.reader is None:  # never upgraded (on_handshake may still run)
-            if not self.finished.done():
-                self.finished.set_result(None)
+            self.server.session_ended(self)
             return
         if not conn.closing:
             conn.mark_closed(f"{LOST}: {exc}" if exc is not None else LOST_WITHOUT_CLOSE)
@@ -520,8 +534,6 @@ class WebSocketSession(asyncio.Protocol):
                             else self.client_code)
             await run_on_close(vm, conn, self.worker)
         finally:
-            self.server.conns.discard(conn)
             forget(vm, conn)
             self.reader = None
-            if not self.finished.done():
-                self.finished.set_result(None)
+            self.server.session_ended(self)
