@@ -54,7 +54,7 @@ class FrameReader:
     """One connection's frame parser. ``max_size`` bounds a whole message
     (its fragments together); 0 is no bound."""
 
-    __slots__ = ("max_size", "_tail", "_need", "_message_opcode", "_fragments", "_fragments_size")
+    __slots__ = ("max_size", "_tail", "_need", "_message_opcode", "_fragments")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -64,8 +64,7 @@ class FrameReader:
         self._tail: bytearray | None = None
         self._need = 0
         self._message_opcode = 0  # of the fragmented message under way (0: none)
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
+        self._fragments: bytearray | None = None  # of the fragmented message under way
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """(opcode, payload) for each complete message (OP_TEXT, OP_BINARY,
@@ -138,7 +137,8 @@ class FrameReader:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
         else:
             raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        if self.max_size and self._fragments_size + length > self.max_size:
+        held = len(self._fragments) if self._fragments is not None else 0
+        if self.max_size and held + length > self.max_size:
             raise FrameError(CLOSE_TOO_BIG, f"message over {self.max_size} bytes")
 
     def _frame(self, opcode: int, fin: bool, payload: bytes) -> tuple[int, bytes] | None:
@@ -146,14 +146,12 @@ class FrameReader:
             return opcode, payload
         if opcode:  # the first fragment
             self._message_opcode = opcode
-            self._fragments = [payload]
+            self._fragments = bytearray(payload)
         else:
             assert self._fragments is not None  # _check saw the message started
-            self._fragments.append(payload)
-        self._fragments_size += len(payload)
+            self._fragments += payload  # one buffer: a flood of tiny fragments is not a flood of objects
         if not fin:
             return None
-        whole = b"".join(self._fragments)
-        message = self._message_opcode, whole
-        self._message_opcode, self._fragments, self._fragments_size = 0, None, 0
+        message = self._message_opcode, bytes(self._fragments)
+        self._message_opcode, self._fragments = 0, None
         return message

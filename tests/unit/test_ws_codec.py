@@ -151,3 +151,10 @@ def test_any_bytes_give_frames_or_a_frame_error_and_nothing_else(data):
         FrameReader(1000).feed(data)
     except FrameError as exc:
         assert exc.code in (1002, 1009)
+
+
+def test_thousands_of_one_byte_fragments_make_one_message_and_count_against_the_limit():
+    stream = frame(b"a", OP_BINARY, fin=False) + b"".join(frame(b"b", OP_CONTINUATION, fin=False)
+                                                        for _ in range(4998)) + frame(b"c", OP_CONTINUATION)
+    assert read_all(stream, 5000) == [(OP_BINARY, b"a" + b"b" * 4998 + b"c")]
+    assert failure(stream, 4999).code == 1009
