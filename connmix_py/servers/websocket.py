@@ -30,7 +30,7 @@ from collections import deque
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, cast
 
-from aiohttp._http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser  # the C parser when aiohttp has its extensions
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerSettings
