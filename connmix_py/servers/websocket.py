@@ -500,11 +500,18 @@ class WebSocketSession(asyncio.Protocol):
 
     def check_close(self, now: float) -> None:
         """Called about once a second by the sweeper: a client that does not
-        answer our close within CLOSE_TIMEOUT is closed anyway (a close that
-        cannot flush is cut by the write timeout, conn.check_timeouts)."""
-        started = self.close_started
-        if started is not None and now - started > CLOSE_TIMEOUT and not self.transport.is_closing():
-            self.transport.close()
+        answer our close within CLOSE_TIMEOUT is closed anyway, and a closed
+        socket whose last frames do not flush within writeTimeout is dropped
+        (before the socket closes, conn.check_timeouts bounds the flush)."""
+        started, transport, conn = self.close_started, self.transport, self.conn
+        if started is None or conn is None:
+            return
+        if not transport.is_closing():
+            if now - started > CLOSE_TIMEOUT:
+                transport.close()
+        elif (conn.write_timeout and now - started > conn.write_timeout
+              and transport.get_write_buffer_size()):
+            conn.abort(f"slow client: the close could not flush within {conn.write_timeout:g}s")
 
     def eof_received(self) -> bool:
         return False  # a half-close without a close frame ends the connection

@@ -1,7 +1,8 @@
 """The websocket server writes the replies to the frames of one read in one
 write (Connection.cork): the order of replies, pongs and the close stays the
 order of the frames, and a callback sending much in one go is still held to
-maxSendQueue (the held-back bytes go through the bounds every 64 KiB)."""
+maxSendQueue (the held-back bytes go through the bounds every 64 KiB). A
+close whose last frames cannot flush is cut after writeTimeout."""
 from __future__ import annotations
 
 import struct
@@ -26,8 +27,8 @@ function on_message(msg)
     elseif data == "bye" then
         conn:send("closing")
         conn:close()
-    elseif data == "events" or data == "whoami" then
-        if data == "events" then conn:subscribe("events") end
+    elseif data == "events" or data == "news" or data == "whoami" then
+        if data ~= "whoami" then conn:subscribe(data) end
         conn:send(conn:client_id())
     else
         conn:send("echo " .. data)
@@ -63,21 +64,41 @@ async def test_a_client_close_in_the_same_read_comes_after_the_replies(start_eng
     raw.drop()
 
 
-async def test_one_callback_sending_more_than_max_send_queue_closes_a_client_that_never_reads(start_engine):
-    running = await start_engine(SCRIPT, maxSendQueue=256 * 1024, writeTimeout=30)
+async def watched_slow_client(running, word: bytes) -> tuple:
+    """(events, slow, slow_id): on_close events, and a raw client that never
+    reads (a small receive buffer) and sent ``word``."""
     events = await running.connect()
     await events.send_str("events")
     await events.receive(timeout=5)
     slow = await RawWebSocket.connect(running.engine.server_port(), running.path, rcvbuf=4096)
-    await slow.send_frame(b"whoami")
+    await slow.send_frame(word)
     _, slow_id = await slow.read_frame()
+    return events, slow, slow_id.decode()
+
+
+async def test_one_callback_sending_more_than_max_send_queue_closes_a_client_that_never_reads(start_engine):
+    running = await start_engine(SCRIPT, maxSendQueue=256 * 1024, writeTimeout=30)
+    events, slow, slow_id = await watched_slow_client(running, b"whoami")
     await slow.send_frame(b"flood")
     # The bound stopped the callback's sends on the way, not after all 20 MB were held.
     assert (await receive_json(events))["sent"] < 2000
     event = await receive_json(events)  # long before writeTimeout: the size bound
-    assert event["closed"] == slow_id.decode()
+    assert event["closed"] == slow_id
     assert event["err"].startswith("slow client: send queue over")
     slow.drop()
     ws = await running.connect()
     await ws.send_str("still")
     assert (await ws.receive(timeout=5)).data == "echo still"
+
+
+async def test_a_client_that_never_reads_and_breaks_the_protocol_is_dropped_after_write_timeout(start_engine):
+    running = await start_engine(SCRIPT, maxSendQueue=64 * 1024 * 1024, writeTimeout=1)
+    events, slow, slow_id = await watched_slow_client(running, b"news")
+    for i in range(800):  # 8 MB the client never reads: more than the kernel buffers hold
+        await running.engine.publish("news", b"%06d" % i + b"x" * 9994)
+    await slow.send_frame(b"bare", masked=False)  # the server closes; its last frames cannot flush
+    event = await receive_json(events, timeout=15)
+    assert event["closed"] == slow_id
+    assert "unmasked" in event["err"]
+    slow.drop()
+    assert running.engine.hub.get(slow_id) is None
