@@ -42,6 +42,8 @@ LUA_ERROR_REASON = "lua error"
 
 # Frames a connection may hold before its upgrade completes (sent on open).
 _MAX_PENDING_FRAMES = 1024
+# Bytes held back by cork() before they are written anyway.
+_CORK_LIMIT = 64 * 1024
 # Queued frames at least this big are remembered, so the largest one queued
 # can be left out of the send-queue bound; smaller ones count in full.
 _BIG_FRAME = 64 * 1024
@@ -65,8 +67,8 @@ class Connection:
         "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "sent_total", "frames_sent", "send_errors", "blocked_since",
-        "block_mark", "big_frames", "encoder", "script_frames", "session", "log", "aborted", "_pending",
-        "_closer", "_loop", "_waiters",
+        "block_mark", "big_frames", "encoder", "script_frames", "session", "_logger", "_log", "aborted", "_pending",
+        "_closer", "_loop", "_waiters", "_corked", "_corked_size",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
@@ -107,13 +109,24 @@ class Connection:
         self.script_frames = script_frames
         # The server's per-connection state (a socket connection's input buffer).
         self.session = session
-        # The server's logger, with this client's id and address in every line.
-        self.log = ConnectionLog(logger, client_id, remote_addr)
+        # The server's logger; ``log`` adds this client's id and address to every
+        # line (made at the first use: most connections never log a line).
+        self._logger = logger
+        self._log: ConnectionLog | None = None
         self.aborted = False  # dropped without a close (no close code was sent)
         self._pending: list[bytes] | None = []
         self._closer: Callable[[int], None] | None = None
         # context key -> wait_context_value calls waiting for it (None: none ever waited).
         self._waiters: dict[str, list[asyncio.Future]] | None = None
+        # Frames held back while the server handles one read (cork/uncork), and their size.
+        self._corked: list[bytes] | None = None
+        self._corked_size = 0
+
+    @property
+    def log(self) -> ConnectionLog:
+        if self._log is None:
+            self._log = ConnectionLog(self._logger, self.client_id, self.remote_addr)
+        return self._log
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.remote_addr}>"
@@ -132,6 +145,7 @@ class Connection:
         """Close after the frames already queued; later sends fail."""
         if self.closing:
             return
+        self.uncork()  # the frames before the close go first
         self.closing = True
         self.close_code = code
         if err is not None and self.close_err is None:
@@ -158,6 +172,8 @@ class Connection:
     def log_closed(self, code: int | None) -> None:
         """The connection's last line: the close code (1006: the connection
         was lost, no close was exchanged) and the reason on_close gets."""
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return
         if code is None or self.aborted:
             code = 1006
         self.log.debug("closed: code %d, %s", code, self.close_err or "clean")
@@ -252,10 +268,31 @@ class Connection:
         self.send_errors += 1
         return why
 
+    def cork(self) -> None:
+        """Hold frames back until uncork(): the replies to the frames of one
+        read leave in one write (one system call instead of one each)."""
+        if self._corked is None and self.transport is not None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write what was held back, in order, through the send-queue bounds."""
+        corked, self._corked = self._corked, None
+        if corked:
+            self._corked_size = 0
+            self.write_frame(corked[0] if len(corked) == 1 else b"".join(corked))
+
     def write_frame(self, frame: bytes) -> bool:
         """Queue encoded wire bytes; False if the connection cannot take it."""
         if self.closing:
             return False
+        corked = self._corked
+        if corked is not None:
+            corked.append(frame)
+            self._corked_size += len(frame)
+            if self._corked_size >= _CORK_LIMIT:  # a callback sending much: to the bounds now
+                self.uncork()
+                self.cork()
+            return True
         transport = self.transport
         if transport is None:
             pending = self._pending  # None once open() has run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -31,7 +32,7 @@ def _command(args: tuple[bytes | str | int, ...]) -> bytes:
     return b"".join(parts)
 
 
-def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
     """rediss://: the system's CAs, or the URL's ``ssl_ca_certs`` file (a
     private CA); ``ssl_cert_reqs=none`` turns verification off. The same
     query keys redis-py reads for the registry's connection."""

@@ -1,10 +1,11 @@
-"""What RFC 6455 asks of a server that aiohttp (3.14) does not check itself.
+"""What RFC 6455 asks of a server that aiohttp (3.14) does not check itself,
+for the apiServer's /ws/v1 (on aiohttp), and the close codes and version
+both websocket servers accept (websocket.py reads its own frames).
 
 aiohttp's reader is shared by clients and servers, so it takes unmasked
 frames (5.1: a server must fail the connection); it takes close codes 1006
 and 5000+, which no endpoint may send (7.4); and it upgrades versions 7 and
-8 (4.2.2: only 13, anything else gets 426). Text payload UTF-8 (8.1) is
-checked by the websocket server itself: it reads text as bytes for Lua.
+8 (4.2.2: only 13, anything else gets 426).
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from ..conn import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG,
                     enforce_timeouts)
 from ..hub import Hub
 from ..lua.vm import RESYNC, LuaVM
+from .closing import forget, run_on_close
 from .limits import RateLimitedLog, watch_descriptors
 
 log = logging.getLogger("connmix.socket")
@@ -324,22 +325,12 @@ class SocketSession(asyncio.Protocol):
         """After the socket is gone: end waits, let the worker finish, run on_close."""
         conn, vm = self.conn, self.vm
         try:
-            worker = self.worker
-            if worker is not None and not worker.done():
-                conn.end_waits()
-                try:
-                    await worker
-                except Exception:
-                    conn.log.exception("handling input failed")
-            err = conn.close_err
             # Closed by the client: cleanly (EOF) unless the socket was lost (an error).
-            conn.log_closed(conn.close_code if conn.close_code is not None else None if err else CLOSE_NORMAL)
-            pending = vm.call(conn, "on_close", conn.id_bytes, err.encode() if err else None)
-            if pending is not None:
-                await pending
+            code = conn.close_code if conn.close_code is not None else None if conn.close_err else CLOSE_NORMAL
+            conn.log_closed(code)
+            await run_on_close(vm, conn, self.worker)
         finally:
             self.server.conns.discard(conn)
-            vm.mesh.remove(conn)
-            vm.forget(conn)
+            forget(vm, conn)
             if not self.finished.done():
                 self.finished.set_result(None)

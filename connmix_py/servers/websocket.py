@@ -1,52 +1,116 @@
-"""`protocol: websocket` servers on aiohttp, driving the entry script's callbacks.
+"""`protocol: websocket` servers: one asyncio.Protocol per connection,
+driving the entry script's callbacks.
 
-A connection's life: the upgrade request is checked (path, then a valid
-websocket handshake of version 13), ``on_handshake`` may refuse it (403; a
-Lua error there is a 500), frames go to ``on_message`` one at a time, and
-``on_close`` runs exactly once with nil after a clean close and the reason
-otherwise. RFC 6455 violations close the connection (rfc6455.py): text that
-is not UTF-8 with 1007, an unmasked frame or a bad close code with 1002.
+A connection's life: the upgrade request is parsed (aiohttp's C HTTP
+parser) and checked (path, then a valid websocket handshake of version 13),
+``on_handshake`` may refuse it (403; a Lua error there is a 500), frames go
+to ``on_message`` one at a time, and ``on_close`` runs exactly once with nil
+after a clean close and the reason otherwise. RFC 6455 violations close the
+connection (ws_codec.py): text that is not UTF-8 with 1007, an unmasked
+frame or a bad close code with 1002, a message over maxMessageSize with 1009.
+
+Per connection the server keeps a session (this module), its frame reader
+and the Connection: no request, response, reader queue or writer objects,
+and no read buffer beyond a frame cut off by the end of a read. The request
+parser lives only until the upgrade.
+
+Bounds before the upgrade are those of the HTTP ports (http_limits.py): the
+request head within handshakeTimeout, 431 for a head too big, 400 for a
+malformed one, 503 over maxConnections, one rate-limited log line each.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
+import struct
 from collections import deque
-from typing import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, cast
 
-from aiohttp import WSMsgType, web
-from aiohttp.http_websocket import WebSocketError
+from aiohttp.http_parser import HttpRequestParser  # the C parser when aiohttp has its extensions
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerSettings
-from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL, LUA_ERROR_REASON,
-                    CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, Connection, enforce_timeouts)
-from ..frames import is_utf8
+from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
+                    CLOSE_TOO_BIG, LUA_ERROR_REASON, Connection, enforce_timeouts)
+from ..frames import encode_frame, is_utf8
 from ..hub import Hub
 from ..lua.memory import LuaMemoryFull
 from ..lua.vm import LuaVM
 from ..metrics import HANDSHAKE_REFUSED
 from ..textproto import first_values
-from .http_limits import HttpLimits, limited_runner
-from .rfc6455 import ServerWebSocketResponse, close_code_error, unsupported_version
+from .closing import forget, run_on_close
+from .limits import RateLimitedLog, watch_descriptors
+from .rfc6455 import VERSION, close_code_error
+from .ws_codec import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
 
 log = logging.getLogger("connmix.websocket")
+http_log = logging.getLogger("connmix.http")  # refused upgrade requests, like the API port's
 
 # Frames one connection may queue behind a waiting callback before reading pauses.
 MAX_INBOX = 256
 LOST = "connection lost"  # how every reason for a socket gone without a close begins
 LOST_WITHOUT_CLOSE = f"{LOST}: closed by the client without a close frame"
+# Seconds a close the server sent waits for the client's close frame.
+CLOSE_TIMEOUT = 10.0
+# Seconds stop() lets connections finish their close and on_close before aborting them.
+SHUTDOWN_GRACE = 2.0
+# Request head bounds (aiohttp's defaults, as on the API port).
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 128
+# Input held while on_handshake runs before reading pauses.
+MAX_EARLY_INPUT = 64 * 1024
+
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_PONG = OP_PONG
 
 
-def handshake_tables(request: web.Request, remote: str) -> tuple[dict, dict]:
+def accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode() + _ACCEPT_GUID).digest()).decode()
+
+
+def handshake_error(headers: Any) -> str | None:
+    """Why the upgrade request is not a valid websocket handshake (RFC 6455
+    4.2.1), or None; the version is checked before (426)."""
+    if "upgrade" not in headers.get("Connection", "").lower():
+        return "no Connection: upgrade"
+    key = headers.get("Sec-WebSocket-Key")
+    try:
+        if key is None or len(base64.b64decode(key, validate=True)) != 16:
+            return "bad Sec-WebSocket-Key"
+    except (binascii.Error, ValueError):
+        return "bad Sec-WebSocket-Key"
+    return None
+
+
+def handshake_tables(request: Any, remote: str) -> tuple[dict, dict]:
     """on_handshake's ``headers`` (first value of each, like Go's Header.Get)
-    and ``server`` arguments."""
+    and ``server`` arguments, from the parsed request."""
     headers = first_values(request.headers.items())
+    version = request.version
     server = {
-        "Method": request.method, "RequestUri": request.raw_path,
-        "ServerProtocol": f"HTTP/{request.version.major}.{request.version.minor}",
-        "Host": request.host, "RemoteAddr": remote,
+        "Method": request.method, "RequestUri": request.path,
+        "ServerProtocol": f"HTTP/{version.major}.{version.minor}",
+        "Host": request.headers.get("Host", ""), "RemoteAddr": remote,
     }
     return headers, server
+
+
+def http_reply(status: int, text: str, *headers: str) -> bytes:
+    """A complete response that ends the connection."""
+    body = text.encode()
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Connection: close",
+            "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    return encode_frame(struct.pack("!H", code) + reason, OP_CLOSE)
 
 
 class WebSocketServer:
@@ -59,38 +123,34 @@ class WebSocketServer:
         # -p workers all listen on the yaml's port (SO_REUSEPORT): the kernel spreads connections.
         self.reuse_port = reuse_port
         self.counters = hub.metrics.server(self)
-        # Open connections, until their close has finished (the sweeper
-        # enforces the write timeout on a close that cannot flush).
+        # Open connections, until on_close has run (the sweeper enforces the
+        # read and write timeouts, and the close timeout, on them).
         self.conns: set[Connection] = set()
-        self._runner: web.AppRunner | None = None
-        self._sweeper: asyncio.Task | None = None
+        # Every TCP connection, upgraded or not (maxConnections counts them all).
+        self.sessions: set[WebSocketSession] = set()
         self.port = settings.port
+        self.refusals = RateLimitedLog(http_log)
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._drain: asyncio.Future | None = None  # while stop() waits for the connections to end
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get(self.settings.path, self._handle)
-        settings = self.settings
-        self._runner = limited_runner(app, HttpLimits(settings.handshake_timeout, settings.max_connections))
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.bind, self.settings.port, backlog=1024,
-                           reuse_port=self.reuse_port)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            raise
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: WebSocketSession(self), self.settings.bind,
+                                                self.settings.port, backlog=1024,
+                                                reuse_port=self.reuse_port or None)
         if self.settings.port == 0:  # tests ask for any free port
-            self.port = site._server.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(enforce_timeouts(self.conns))
+            self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(
+            enforce_timeouts(self.conns, lambda conn, now: conn.session.check_close(now)))
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; open connections go on."""
-        if self._runner:
-            for site in list(self._runner.sites):
-                await site.stop()
+        if self._server:
+            self._server.close()
 
     def listening(self) -> bool:
-        return self._runner is not None and bool(self._runner.sites)
+        return self._server is not None and self._server.is_serving()
 
     def close_clients(self) -> None:
         for conn in list(self.conns):
@@ -99,206 +159,390 @@ class WebSocketServer:
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
+        await self.stop_accepting()
         self.close_clients()
-        if self._runner:
-            await self._runner.cleanup()
+        for session in list(self.sessions):
+            if session.reader is None:  # not upgraded: nothing to say
+                session.transport.abort()
+        if not await self._drained(SHUTDOWN_GRACE):
+            for session in list(self.sessions):
+                session.transport.abort()
+            await self._drained(SHUTDOWN_GRACE)
+        if self._server:
+            await self._server.wait_closed()
 
-    # -- one connection ------------------------------------------------------------
+    async def _drained(self, timeout: float) -> bool:
+        """Wait until every socket is gone and every on_close has run."""
+        if self.sessions or self.conns:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._drain, timeout)
+            except asyncio.TimeoutError:
+                return False
+        return True
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return web.Response(status=400, text="websocket upgrade expected\n")
-        refused = unsupported_version(request)
-        if refused is not None:
-            return refused
-        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-        # Text frames stay bytes (Lua strings, checked for UTF-8 here) and no
-        # compression is offered: fan-out writes the same uncompressed frame
-        # bytes to every client. No autoclose: a client's close frame is
-        # checked before it is answered.
-        ws = ServerWebSocketResponse(max_msg_size=self.settings.max_message_size + 1, autoping=False,
-                                     autoclose=False, compress=False, decode_text=False)
-        if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="invalid websocket handshake\n")
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        remote = f"{peer[0]}:{peer[1]}" if peer else ""
-        settings = self.settings
-        conn = Connection(self.next_client_id(), self, remote, settings.max_send_queue,
-                          settings.write_timeout, settings.read_timeout, logger=log)
-        conn.log.debug("accepted on port %d, %s %s", self.port, request.method, request.path)
-        self.hub.add(conn)
+    def session_ended(self, session: "WebSocketSession") -> None:
+        """A socket is gone, its on_close run: wake stop() once all are."""
+        self.sessions.discard(session)
+        if session.conn is not None:
+            self.conns.discard(session.conn)
+        drain = self._drain
+        if drain is not None and not drain.done() and not self.sessions and not self.conns:
+            drain.set_result(None)
+
+    def refuse(self, remote: str, status: int, reason: str) -> None:
+        """One log line (rate-limited) for a refused upgrade request."""
+        self.refusals.warning((self.port, status), "port %s: refused a request from %s: %s (%d)",
+                              self.port, remote, reason, status)
+
+
+class WebSocketSession(asyncio.Protocol):
+    """One TCP connection: the upgrade, then its frames and the worker
+    running its callbacks in order."""
+
+    __slots__ = ("server", "transport", "remote", "conn", "parser", "head_timer", "early", "reader",
+                 "worker", "inbox", "paused", "close_sent", "close_started", "client_code")
+
+    def __init__(self, server: WebSocketServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self.remote = ""
+        self.conn: Connection | None = None  # made once the request head is in
+        self.parser: HttpRequestParser | None = None  # until the upgrade
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.early: bytearray | None = None  # input that came while on_handshake ran
+        self.reader: FrameReader | None = None  # from the upgrade on
+        self.worker: asyncio.Task | None = None  # set while a callback waits
+        # Frames that came while a callback waited (made at the first).
+        self.inbox: deque[tuple[int, bytes]] | None = None
+        self.paused = False
+        self.close_sent = False
+        self.close_started: float | None = None
+        self.client_code: int | None = None  # of the client's close frame
+
+    # -- the upgrade ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        watch_descriptors(transport)
+        self.server.sessions.add(self)
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else ""
+        loop = asyncio.get_running_loop()
+        self.parser = HttpRequestParser(self, loop, 2 ** 16, max_line_size=MAX_LINE_SIZE,
+                                        max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
+        self.head_timer = loop.call_later(self.server.settings.handshake_timeout, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reader is not None:
+            self._frames_received(data)
+        elif self.parser is not None:
+            self._head_received(data)
+        elif self.early is not None:  # on_handshake runs
+            self.early += data
+            if len(self.early) > MAX_EARLY_INPUT and not self.paused:
+                self.transport.pause_reading()
+                self.paused = True
+
+    def _head_received(self, data: bytes) -> None:
+        assert self.parser is not None
         try:
-            refused = await self._handshake(request, conn)
+            messages, _, tail = self.parser.feed_data(data)
+        except BadHttpMessage as exc:
+            too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
+            status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
+            self._refuse(status, status.phrase.lower() + "\n",
+                         (str(exc).splitlines() or [type(exc).__name__])[0])
+            return
+        if not messages:
+            return
+        self.parser = None
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        request = messages[0][0]
+        answer = self._check_request(request)
+        if answer is not None:
+            self.transport.write(answer)
+            self.transport.close()
+            return
+        self.early = bytearray(tail)
+        asyncio.get_running_loop().create_task(self._handshake(request))
+
+    def _refuse(self, status: int, text: str, reason: str) -> None:
+        """Refuse the request: one log line, the reply, close."""
+        self.parser = None
+        self.server.refuse(self.remote, status, reason)
+        self.transport.write(http_reply(status, text))
+        self.transport.close()
+
+    def _check_request(self, request: Any) -> bytes | None:
+        """The reply refusing a request that is not a websocket upgrade we
+        serve, or None to go on to on_handshake."""
+        server = self.server
+        limit = server.settings.max_connections
+        if limit and len(server.sessions) > limit:
+            server.refuse(self.remote, 503, f"maxConnections {limit} reached")
+            return http_reply(503, "too many connections\n")
+        if request.url.path != server.settings.path:
+            return http_reply(404, "404: Not Found")
+        if request.method != "GET":
+            return http_reply(405, "405: Method Not Allowed", "Allow: GET")
+        headers = request.headers
+        if headers.get("Upgrade", "").lower() != "websocket":
+            return http_reply(400, "websocket upgrade expected\n")
+        version = headers.get("Sec-WebSocket-Version")
+        if version is not None and version.strip() != VERSION:
+            return http_reply(426, f"unsupported websocket version {version!r} (only {VERSION})\n",
+                              f"Sec-WebSocket-Version: {VERSION}")
+        if version is None or handshake_error(headers) is not None:
+            return http_reply(400, "invalid websocket handshake\n")
+        return None
+
+    async def _handshake(self, request: Any) -> None:
+        server, settings = self.server, self.server.settings
+        conn = Connection(server.next_client_id(), server, self.remote, settings.max_send_queue,
+                          settings.write_timeout, settings.read_timeout, session=self, logger=log)
+        self.conn = conn
+        if log.isEnabledFor(logging.DEBUG):  # most connections never log a line: no logger made
+            conn.log.debug("accepted on port %d, %s %s", server.port, request.method, request.url.path)
+        server.hub.add(conn)
+        try:
+            refused = await self._verdict(request, conn)
+        except BaseException:
+            self._forget()
+            raise
+        if refused is not None or self.transport.is_closing():  # refused, or the client left meanwhile
             if refused is not None:
                 conn.mark_closed(HANDSHAKE_REFUSED)  # for the metrics' close reason
-                return refused
-            try:
-                await ws.prepare(request)
-            except (ConnectionError, RuntimeError):  # the client left during on_handshake
-                return ws
-            await self._serve(request, ws, conn)
-            return ws
-        finally:
-            self.vm.mesh.remove(conn)
-            self.vm.forget(conn)
+                self.transport.write(refused)
+                self.transport.close()
+            self._forget()
+            return
+        key = request.headers["Sec-WebSocket-Key"]
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                             + accept_key(key).encode() + b"\r\n\r\n")
+        self.reader = FrameReader(settings.max_message_size)
+        conn.open(self.transport, self._close_requested)
+        server.conns.add(conn)
+        early, self.early = self.early, None
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        conn.read_since = asyncio.get_running_loop().time()
+        if early:
+            self._frames_received(bytes(early))
 
-    async def _handshake(self, request: web.Request, conn: Connection) -> web.Response | None:
-        """Run on_handshake; a response refusing the upgrade, or None to accept."""
-        vm = self.vm
+    async def _verdict(self, request: Any, conn: Connection) -> bytes | None:
+        """Run on_handshake; a reply refusing the upgrade, or None to accept."""
+        vm = self.server.vm
         headers, server = handshake_tables(request, conn.remote_addr)
         try:
             arguments = vm.to_lua(headers), vm.to_lua(server)
         except LuaMemoryFull as exc:  # data the script keeps fills its Lua state
             conn.log.error("%s: on_handshake not run, refused with 503: %s", vm.name, exc)
-            return web.Response(status=503, text="server busy\n")
+            return http_reply(503, "server busy\n")
         accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes, *arguments)
         if conn.close_code == CLOSE_INTERNAL_ERROR:  # the Lua error is logged by the VM
             conn.log.debug("handshake refused: 500, on_handshake failed")
-            return web.Response(status=500, text="on_handshake failed\n")
+            return http_reply(500, "on_handshake failed\n")
         if accepted is False or conn.closing:
             conn.log.debug("handshake refused: 403 by on_handshake")
-            return web.Response(status=403, text="forbidden\n")
-        conn.log.debug("handshake accepted")
+            return http_reply(403, "forbidden\n")
+        if log.isEnabledFor(logging.DEBUG):
+            conn.log.debug("handshake accepted")
         return None
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, conn: Connection) -> None:
-        vm, traffic = self.vm, self.counters.traffic
-        loop = asyncio.get_running_loop()
-        closing = _CloseRequest(ws, loop)
-        conn.open(request.transport, closing.request)
-        self.conns.add(conn)
-        err: str | None = None
-        # While a callback waits, reading goes on: frames queue in the inbox
-        # (per-connection order kept by one worker) and a lost client is
-        # noticed at once, ending the callback's waits.
-        inbox: deque = deque()
-        worker: asyncio.Task | None = None
-        try:
-            while not conn.closing:
-                closing.receiving = True
-                # A client whose callback is still running is not idle.
-                conn.read_since = loop.time() if worker is None or worker.done() else None
-                msg = await ws.receive()
-                conn.read_since = None
-                closing.receiving = False
-                kind = msg.type
-                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    binary = kind is WSMsgType.BINARY
-                    traffic.messages_in += 1
-                    traffic.bytes_in += len(msg.data)
-                    if not binary and not is_utf8(msg.data):  # a fragmented message comes whole
-                        self._fail(conn, CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
-                        break
-                    if worker is None or worker.done():
-                        pending = vm.call_message(conn, binary, msg.data)
-                        if pending is not None:
-                            worker = loop.create_task(self._run_in_order(conn, pending, inbox))
-                    else:
-                        inbox.append((binary, msg.data))
-                        if len(inbox) >= MAX_INBOX:  # a flood: stop reading until it drains
-                            await asyncio.shield(worker)
-                elif kind is WSMsgType.PING:
-                    await ws.pong(msg.data)
-                elif kind is WSMsgType.PONG:
-                    continue
-                elif kind is WSMsgType.ERROR:
-                    err = self._receive_error(conn, msg.data)
-                    break
-                elif kind is WSMsgType.CLOSED and not conn.closing:
-                    err = LOST_WITHOUT_CLOSE
-                    break
-                elif kind is WSMsgType.CLOSE:  # from the client: clean unless its code is invalid
-                    invalid = close_code_error(msg.data)
-                    if invalid is not None:
-                        self._fail(conn, CLOSE_PROTOCOL_ERROR, f"protocol error (1002): {invalid}")
-                    break
-                else:  # CLOSING asked for by us
-                    break
-        except asyncio.CancelledError:
-            err = "server shutting down"
-            raise
-        except ConnectionError as exc:
-            err = f"{LOST}: {exc}"
-        finally:
-            conn.mark_closed(err)
-            await asyncio.shield(self._close_and_notify(conn, ws, closing, worker))
+    def _forget(self) -> None:
+        """A connection that never opened: no on_close, gone from the hub and the VM."""
+        conn = self.conn
+        assert conn is not None
+        self.early = None
+        forget(self.server.vm, conn)
 
-    async def _run_in_order(self, conn: Connection, pending, inbox: deque) -> None:
+    # -- frames -------------------------------------------------------------------------
+
+    def _frames_received(self, data: bytes) -> None:
+        conn, reader = self.conn, self.reader
+        assert conn is not None and reader is not None
+        if conn.close_code is not None and not self.close_sent:
+            return  # closed by the server meanwhile
+        failure: FrameError | None = None
+        try:
+            frames = reader.feed(data)
+        except FrameError as exc:
+            frames, failure = exc.frames, exc
+        # The replies to this read's frames leave in one write.
+        conn.cork()
+        try:
+            for opcode, payload in frames:
+                if not self._frame(conn, opcode, payload):
+                    return
+        finally:
+            conn.uncork()
+        if failure is not None:
+            self._failed(conn, failure)
+        elif frames and self.worker is None and not conn.closing:
+            conn.read_since = asyncio.get_running_loop().time()
+
+    def _frame(self, conn: Connection, opcode: int, payload: bytes) -> bool:
+        """Handle one message or control frame; False once the connection ends."""
+        if self.close_sent:  # waiting for the client's close: the rest is dropped
+            if opcode == OP_CLOSE:
+                self.transport.close()
+                return False
+            return True
+        if opcode == OP_TEXT or opcode == OP_BINARY:
+            binary = opcode == OP_BINARY
+            traffic = self.server.counters.traffic
+            traffic.messages_in += 1
+            traffic.bytes_in += len(payload)
+            if not binary and not is_utf8(payload):  # a fragmented message comes whole
+                self._fail(conn, CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
+                return False
+            self._message(conn, binary, payload)
+        elif opcode == OP_PING:
+            if not self.paused:
+                conn.write_frame(encode_frame(payload, _PONG))
+            else:  # reading is paused behind a flood: what came after it waits its turn
+                self._queue(OP_PING, payload)
+        elif opcode == OP_CLOSE:  # from the client: clean unless its code is invalid
+            code = int.from_bytes(payload[:2], "big") if payload else 0
+            invalid = close_code_error(code)
+            if invalid is None and not is_utf8(payload[2:]):
+                invalid = "close reason not UTF-8"
+            if invalid is not None:
+                self._fail(conn, CLOSE_PROTOCOL_ERROR, f"protocol error (1002): {invalid}")
+                return False
+            self.client_code = code
+            conn.uncork()  # the replies before the close go first
+            conn.mark_closed(None)
+            self._send_close(CLOSE_NORMAL)
+            self.transport.close()
+            return False
+        return True  # a pong: nothing to do
+
+    def _message(self, conn: Connection, binary: bool, payload: bytes) -> None:
+        """on_message now, or after the callbacks before it."""
+        if self.worker is None:
+            pending = self.server.vm.call_message(conn, binary, payload)
+            if pending is not None:
+                conn.read_since = None  # a running callback is not an idle client
+                self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
+            return
+        self._queue(OP_BINARY if binary else OP_TEXT, payload)
+
+    def _queue(self, opcode: int, payload: bytes) -> None:
+        """Keep a frame for the worker, behind the callback that waits."""
+        inbox = self.inbox
+        if inbox is None:
+            inbox = self.inbox = deque()
+        inbox.append((opcode, payload))
+        if len(inbox) >= MAX_INBOX and not self.paused:  # a flood: stop reading until it drains
+            self.transport.pause_reading()
+            self.paused = True
+
+    async def _run_in_order(self, conn: Connection, pending: Awaitable) -> None:
         """Finish the waiting callback, then the frames that queued behind it.
         Frames still queued when the server closed the connection are dropped;
         those a client sent before leaving are still handled."""
-        await pending
-        while inbox and (not conn.closing or conn.close_code is None):
-            binary, data = inbox.popleft()
-            pending = self.vm.call_message(conn, binary, data)
-            if pending is not None:
-                await pending
-        inbox.clear()
+        vm = self.server.vm
+        try:
+            await pending
+            inbox = self.inbox
+            while inbox and (not conn.closing or conn.close_code is None):
+                opcode, data = inbox.popleft()
+                if opcode == OP_PING:
+                    conn.write_frame(encode_frame(data, _PONG))
+                    continue
+                pending = vm.call_message(conn, opcode == OP_BINARY, data)
+                if pending is not None:
+                    await pending
+        finally:
+            self.worker = None
+            self.inbox = None
+        if self.paused and self.early is None:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
         conn.read_since = asyncio.get_running_loop().time()  # idle from now on
 
-    async def _close_and_notify(self, conn: Connection, ws: web.WebSocketResponse,
-                                closing: "_CloseRequest", worker: asyncio.Task | None) -> None:
-        try:
-            await closing.finish()
-        except Exception:  # the peer is gone; nothing left to flush
-            pass
-        finally:
-            self.conns.discard(conn)
-        # The code the server sent, else the client's; none when the socket was lost.
-        lost = (conn.close_err or "").startswith(LOST)
-        conn.log_closed(None if lost else conn.close_code if conn.close_code is not None else ws.close_code)
-        if worker is not None and not worker.done():
-            conn.end_waits()
-            await worker
-        pending = self.vm.call(conn, "on_close", conn.id_bytes,
-                               conn.close_err.encode() if conn.close_err else None)
-        if pending is not None:
-            await pending
+    # -- closing ------------------------------------------------------------------------
 
     def _fail(self, conn: Connection, code: int, text: str) -> None:
         """Close for a protocol violation; ``text`` is logged and goes to on_close."""
         conn.log.warning("closing: %s", text)
         conn.close(code, text)
+        self.transport.close()  # nothing more is read from a client that broke the protocol
 
-    def _receive_error(self, conn: Connection, exc: BaseException) -> str:
-        """The reason for on_close when receiving failed; protocol errors are logged."""
-        if not isinstance(exc, WebSocketError):
-            return f"{LOST}: {exc or type(exc).__name__}"
+    def _failed(self, conn: Connection, exc: FrameError) -> None:
         if exc.code == CLOSE_TOO_BIG:
-            text = f"message too big (limit {self.settings.max_message_size} bytes)"
+            text = f"message too big (limit {self.server.settings.max_message_size} bytes)"
         else:
             text = f"protocol error ({exc.code}): {exc}"
-        conn.log.warning("closing: %s", text)
-        return text
+        self._fail(conn, exc.code, text)
 
+    def _close_requested(self, code: int) -> None:
+        """conn.close(): the close frame goes out after the frames queued;
+        the socket closes when the client answers (or after CLOSE_TIMEOUT)."""
+        self._send_close(code)
 
-class _CloseRequest:
-    """How a close asked for by the script, the API or a timeout reaches the
-    socket: while the handler waits in receive() a close task wakes it;
-    otherwise the handler sees conn.closing and closes with ``code``."""
-
-    __slots__ = ("ws", "loop", "code", "receiving", "task")
-
-    def __init__(self, ws: web.WebSocketResponse, loop: asyncio.AbstractEventLoop) -> None:
-        self.ws = ws
-        self.loop = loop
-        self.code = CLOSE_NORMAL
-        self.receiving = False
-        self.task: asyncio.Task | None = None
-
-    def request(self, code: int) -> None:
-        self.code = code
-        if self.receiving and self.task is None:
-            self.task = self.loop.create_task(self._close())
-
-    def _close(self) -> Awaitable[bool]:
+    def _send_close(self, code: int) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.close_sent = True
+        self.close_started = asyncio.get_running_loop().time()
         # Only a Lua error's close says why; the others keep CONNMIX's empty reason.
-        reason = LUA_ERROR_REASON.encode() if self.code == CLOSE_INTERNAL_ERROR else b""
-        return self.ws.close(code=self.code, message=reason)
+        reason = LUA_ERROR_REASON.encode() if code == CLOSE_INTERNAL_ERROR else b""
+        self.transport.write(close_frame(code, reason))
+        if self.paused and self.early is None:  # the client's close must be read
+            self.paused = False
+            self.transport.resume_reading()
 
-    async def finish(self) -> None:
-        """Complete the close handshake, whoever started it."""
-        if self.task is not None:
-            await self.task
-        elif not self.ws.closed:
-            await self._close()
+    def check_close(self, now: float) -> None:
+        """Called about once a second by the sweeper: a client that does not
+        answer our close within CLOSE_TIMEOUT is closed anyway, and a closed
+        socket whose last frames do not flush within writeTimeout is dropped
+        (before the socket closes, conn.check_timeouts bounds the flush)."""
+        started, transport, conn = self.close_started, self.transport, self.conn
+        if started is None or conn is None:
+            return
+        if not transport.is_closing():
+            if now - started > CLOSE_TIMEOUT:
+                transport.close()
+        elif (conn.write_timeout and now - started > conn.write_timeout
+              and transport.get_write_buffer_size()):
+            conn.abort(f"slow client: the close could not flush within {conn.write_timeout:g}s")
+
+    def eof_received(self) -> bool:
+        return False  # a half-close without a close frame ends the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        self.parser = None
+        conn = self.conn
+        if conn is None or self.reader is None:  # never upgraded (on_handshake may still run)
+            self.server.session_ended(self)
+            return
+        if not conn.closing:
+            conn.mark_closed(f"{LOST}: {exc}" if exc is not None else LOST_WITHOUT_CLOSE)
+        elif exc is not None and self.client_code is None and not self.close_sent:
+            conn.mark_closed(f"{LOST}: {exc}")
+        asyncio.get_running_loop().create_task(self._finish(conn))
+
+    async def _finish(self, conn: Connection) -> None:
+        """After the socket is gone: end waits, let the worker finish, run on_close."""
+        vm = self.server.vm
+        try:
+            # The code the server sent, else the client's; none when the socket was lost.
+            lost = (conn.close_err or "").startswith(LOST)
+            conn.log_closed(None if lost else conn.close_code if conn.close_code is not None
+                            else self.client_code)
+            await run_on_close(vm, conn, self.worker)
+        finally:
+            forget(vm, conn)
+            self.reader = None
+            self.server.session_ended(self)
