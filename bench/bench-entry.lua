@@ -1,4 +1,4 @@
--- bench-entry.lua: the message-centre subset of /work/shared/bench (README "The protocol").
+-- bench-entry.lua: the message-centre subset of ../shared/bench (its README, "The protocol").
 --   {"op":"subscribe","channel":"<name>"}   -> conn:subscribe(name), reply {"result":true}
 --   {"op":"unsubscribe","channel":"<name>"} -> conn:unsubscribe(name), reply {"result":true}
 --   {"op":"echo","data":...}                -> the same frame text back

@@ -102,27 +102,35 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
+async def _checked(request: web.Request, handler: Handler,
+                  users: tuple[AccessUser, ...]) -> web.StreamResponse:
+    login, user = authenticate(users, request.headers.get(hdrs.AUTHORIZATION))
+    caller = request.remote
+    if user is None:
+        if login is not None:  # the password stays out of the log, always
+            log.warning("api: wrong credentials for user %r from %s", login, caller)
+        return _refuse(401, "unauthorized: credentials required")
+    if not user.host.matches(caller):
+        log.warning("api: user %r refused from %s (host %s)", user.username, caller, user.host.text)
+        return _refuse(403, f"forbidden: user {user.username!r} may not connect from {caller}")
+    role = required_role(request)
+    if role not in user.roles:
+        log.warning("api: user %r lacks role %s for %s %s", user.username, role, request.method, request.path)
+        return _refuse(403, f"forbidden: user {user.username!r} lacks the {role} role")
+    request[USER] = user
+    return await handler(request)
+
+
 def middleware(current: Callable[[], AccessSettings]):
+    # Not a coroutine: with nothing to check, the route's own awaitable is
+    # returned as it is (no frame of ours on every request).
     @web.middleware
-    async def check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def check_access(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         users = current().users
         if not users or request.path in OPEN_PATHS:
-            return await handler(request)
-        login, user = authenticate(users, request.headers.get(hdrs.AUTHORIZATION))
-        caller = request.remote
-        if user is None:
-            if login is not None:  # the password stays out of the log, always
-                log.warning("api: wrong credentials for user %r from %s", login, caller)
-            return _refuse(401, "unauthorized: credentials required")
-        if not user.host.matches(caller):
-            log.warning("api: user %r refused from %s (host %s)", user.username, caller, user.host.text)
-            return _refuse(403, f"forbidden: user {user.username!r} may not connect from {caller}")
-        role = required_role(request)
-        if role not in user.roles:
-            log.warning("api: user %r lacks role %s for %s %s", user.username, role, request.method, request.path)
-            return _refuse(403, f"forbidden: user {user.username!r} lacks the {role} role")
-        request[USER] = user
-        return await handler(request)
+            return handler(request)
+        return _checked(request, handler, users)
+
     return check_access
 
 

@@ -17,10 +17,16 @@ log = logging.getLogger("connmix.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Not a coroutine: with debug logging off, the route's own awaitable is
+# returned as it is (no frame of ours on every request).
 @web.middleware
-async def log_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+def log_request(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     if not log.isEnabledFor(logging.DEBUG):
-        return await handler(request)
+        return handler(request)
+    return logged(request, handler)
+
+
+async def logged(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500  # unless the handler answers or raises an HTTP error
     try:

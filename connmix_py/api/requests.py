@@ -63,6 +63,10 @@ def client_id(value: str | int) -> str:
 
 def delivery(shape: dict, params: Any) -> tuple[str, bytes, bool]:
     """Validate {c, d, t} of publish/send: (target, payload bytes, binary)."""
+    if type(params) is dict:  # the usual text message, valid for both shapes: no schema walk
+        name, data, kind = params.get("c"), params.get("d"), params.get("t")
+        if type(name) is str and name and type(data) is str and (kind is None or kind == "text" or kind == ""):
+            return name, data.encode(), False
     values = checked(shape, params)
     name, data = client_id(values["c"]), values["d"]
     if values["t"] != "binary":

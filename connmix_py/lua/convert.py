@@ -24,23 +24,42 @@ class ConversionError(ValueError):
 
 
 def make_to_lua(table_from: Callable[..., Any]) -> Callable[[Any], Any]:
-    """A converter Python -> Lua for one runtime: str -> bytes, dict/list -> table."""
+    """A converter Python -> Lua for one runtime: str -> bytes, dict/list -> table.
+
+    Strings, numbers and None inside a container are handled inline, without
+    a call per value: json_decode and on_handshake's tables are all leaves."""
+
+    def leaf_or_table(value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is str:
+            return value.encode()
+        if kind is dict or kind is list or kind is tuple:
+            return to_lua(value, depth)
+        if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+            return float(value)
+        return value
 
     def to_lua(value: Any, depth: int = 0) -> Any:
         kind = type(value)
         if kind is str:
             return value.encode()
-        if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
-            return float(value)
         if kind is dict:
             if depth > MAX_DEPTH:
                 raise ConversionError("value nested too deeply")
-            return table_from({(k.encode() if type(k) is str else k): to_lua(v, depth + 1)
-                               for k, v in value.items() if v is not None})
+            depth += 1
+            table = {}
+            for k, v in value.items():
+                if v is None:  # a table cannot hold nil: the key is absent
+                    continue
+                table[k.encode() if type(k) is str else k] = v.encode() if type(v) is str else leaf_or_table(v, depth)
+            return table_from(table)
         if kind is list or kind is tuple:
             if depth > MAX_DEPTH:
                 raise ConversionError("value nested too deeply")
-            return table_from([to_lua(v, depth + 1) for v in value])
+            depth += 1
+            return table_from([v.encode() if type(v) is str else leaf_or_table(v, depth) for v in value])
+        if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+            return float(value)
         return value
 
     return to_lua

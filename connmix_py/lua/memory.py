@@ -25,15 +25,25 @@ def hard_cap_mb(budget_mb: int) -> int:
     return budget_mb + max(budget_mb // 2, 32)
 
 
+_STRINGS = frozenset({bytes, str})
+
+
 def value_size(value: Any) -> int:
     """About what a Python value takes once converted to Lua (at least)."""
     kind = type(value)
     if kind is bytes or kind is str:
         return len(value) + VALUE_OVERHEAD
     if kind is dict:
-        return VALUE_OVERHEAD + sum(value_size(k) + value_size(v) for k, v in value.items())
+        size = VALUE_OVERHEAD
+        for k, v in value.items():  # strings inline: most values are flat
+            size += (len(k) + VALUE_OVERHEAD if type(k) in _STRINGS else value_size(k)) + (
+                len(v) + VALUE_OVERHEAD if type(v) in _STRINGS else value_size(v))
+        return size
     if kind is list or kind is tuple:
-        return VALUE_OVERHEAD + sum(value_size(v) for v in value)
+        size = VALUE_OVERHEAD
+        for v in value:
+            size += len(v) + VALUE_OVERHEAD if type(v) in _STRINGS else value_size(v)
+        return size
     return 0  # numbers, booleans, nil, Lua objects: nothing new
 
 

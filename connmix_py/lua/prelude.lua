@@ -4,7 +4,7 @@
 local py = ...
 
 local create, resume, status, yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
-local traceback, rawget, type, setmetatable = debug.traceback, rawget, type, setmetatable
+local traceback, rawget, rawequal, type, setmetatable = debug.traceback, rawget, rawequal, type, setmetatable
 -- The dispatcher runs outside any slice, where the budgets do not look: it
 -- reaches the globals only raw, so no metamethod of the script's runs there.
 local G, rawset, tostring = _G, rawset, tostring
@@ -490,6 +490,15 @@ end
 -- argument of every callback (on_close(client_id, err, conn)).
 local function with_conn(c, ...)
     local n = select("#", ...)
+    if n == 1 then  -- on_connect(client_id), on_message(msg)
+        return ..., c
+    elseif n == 2 then  -- on_close(client_id, err): no table to append to
+        local a, b = ...
+        return a, b, c
+    elseif n == 3 then  -- on_handshake(client_id, headers, server)
+        local a, b, d = ...
+        return a, b, d, c
+    end
     local args = { ... }
     args[n + 1] = c
     return unpack(args, 1, n + 1)
@@ -514,11 +523,17 @@ local function declares_old_style(fn, count)
     return CONN_PARAM_NAMES[getlocal(fn, count)] == true
 end
 
--- Decided at each call from the callbacks the script defines then (cheap:
--- connection lifetime events only).
+-- Decided from the callbacks the script defines at each call; looked at
+-- again only when one of them is another function than last time.
+local seen_close, seen_connect, seen_handshake, seen_old_style = nil, nil, nil, false
 local function old_calling_style()
-    return declares_old_style(rawget(G, "on_close"), 2) or declares_old_style(rawget(G, "on_connect"), 1)
-        or declares_old_style(rawget(G, "on_handshake"), 2)
+    local close, connect, handshake = rawget(G, "on_close"), rawget(G, "on_connect"), rawget(G, "on_handshake")
+    if not (rawequal(close, seen_close) and rawequal(connect, seen_connect) and rawequal(handshake, seen_handshake)) then
+        seen_close, seen_connect, seen_handshake = close, connect, handshake
+        seen_old_style = declares_old_style(close, 2) or declares_old_style(connect, 1)
+            or declares_old_style(handshake, 2)
+    end
+    return seen_old_style
 end
 
 -- The old style's arguments from the current style's (client_id[, second, ...]).

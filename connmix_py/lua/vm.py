@@ -23,7 +23,7 @@ from ..conn import CLOSE_INTERNAL_ERROR, LUA_ERROR_REASON, Connection, EncodeErr
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
-from .memory import LuaMemory, value_size
+from .memory import VALUE_OVERHEAD, LuaMemory, value_size
 from .mixlib import codec as codec_lib
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
@@ -111,6 +111,8 @@ class LuaVM:
         self.runtime: lupa_rt.LuaRuntime | None = None
         self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
         self.to_lua: Callable[[Any], Any] = lambda v: v
+        # to_lua without its room check, for a caller that checked a bound of the size itself.
+        self.to_lua_unchecked: Callable[[Any], Any] = lambda v: v
         # Waiting calls in flight, and whether a stop ended them all (end_all_waits).
         self._waits: set[asyncio.Future] = set()
         self._waits_ended = False
@@ -123,12 +125,12 @@ class LuaVM:
         """Create a state and run the entry script in it; on success it
         replaces the current state. Raises LuaLoadError (the old state, if
         any, keeps serving)."""
-        previous = (self.runtime, self.to_lua, self.memory)
+        previous = (self.runtime, self.to_lua, self.to_lua_unchecked, self.memory)
         sources = file_times([self.settings.entry])
         try:
             functions = self._build_state()
         except LuaLoadError:
-            self.runtime, self.to_lua, self.memory = previous
+            self.runtime, self.to_lua, self.to_lua_unchecked, self.memory = previous
             raise
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
@@ -166,7 +168,7 @@ class LuaVM:
         def checked_to_lua(value: Any) -> Any:
             memory.make_room(value)
             return to_lua(value)
-        self.to_lua = checked_to_lua
+        self.to_lua, self.to_lua_unchecked = checked_to_lua, to_lua
         bridge: dict[str, Any] = {}
         for module in BRIDGES:
             bridge.update(module.bridge(self))
@@ -226,10 +228,10 @@ class LuaVM:
             return current
         return self.hub.get(cid.decode("ascii", "replace")) if type(cid) is bytes else None
 
-    def _no_room(self, conn: Connection, name: str, *args: Any) -> bool:
-        """True (the connection closed, logged) when the event's values do
-        not fit in Lua memory: the callback is not run."""
-        if self.memory.fits(sum(value_size(a) for a in args)):
+    def _no_room(self, conn: Connection, name: str, size: int) -> bool:
+        """True (the connection closed, logged) when the event's values,
+        ``size`` bytes once in Lua, do not fit in Lua memory: the callback is not run."""
+        if self.memory.fits(size):
             return False
         log.error("%s: %s not run for client %s: Lua memory budget used up", self.name, name, conn.client_id)
         self.counters.budget_stops += 1
@@ -239,17 +241,20 @@ class LuaVM:
 
     def call_message(self, conn: Connection, binary: bool, data: bytes) -> Awaitable | None:
         """Run on_message; None when it finished at once, else an awaitable."""
-        if self._no_room(conn, "on_message", data):
+        if self._no_room(conn, "on_message", len(data) + VALUE_OVERHEAD):
             return None
         self._current = conn
         started = perf_counter()
         outcome = self._dispatch_message(conn.id_bytes, b"binary" if binary else b"text", data)
         self.counters.observe(perf_counter() - started)
+        if type(outcome) is tuple and outcome[0] == b"done":  # the usual end, nothing to report
+            self._current = None
+            return None
         return self._settle(conn, "on_message", outcome)
 
     def call(self, conn: Connection, name: str, *args: Any) -> Awaitable | None:
         """Run a callback by name; same contract as call_message."""
-        if self._no_room(conn, name, *args):
+        if self._no_room(conn, name, sum(value_size(a) for a in args)):
             return None
         self._current = conn
         started = perf_counter()
@@ -259,7 +264,7 @@ class LuaVM:
 
     async def call_for_result(self, conn: Connection, name: str, *args: Any) -> Any:
         """Run a callback and return its (first) return value; None on error."""
-        if self._no_room(conn, name, *args):
+        if self._no_room(conn, name, sum(value_size(a) for a in args)):
             return None
         self._current = conn
         started = perf_counter()
@@ -325,7 +330,7 @@ class LuaVM:
         connection closing); or an awaitable of that when on_message waits;
         or RESYNC when the Lua side does not hold ``held`` bytes (a new state
         after a hot update): feed everything again with held 0."""
-        if self._no_room(conn, "protocol_input", data):
+        if self._no_room(conn, "protocol_input", len(data) + VALUE_OVERHEAD):
             return None
         self._current = conn
         started = perf_counter()

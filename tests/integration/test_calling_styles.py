@@ -123,3 +123,49 @@ async def test_websocket_old_style_handshake_and_close(start_engine):
     assert agent == "phone"
     await client.close()
     assert await auditor.receive_str(timeout=5) == f"closed {client_id} nil"
+
+
+# Starts in the current style; "old" redefines on_close in the old style.
+SWITCHING_STYLE = """
+function on_connect(client_id)
+    conn:send("connected\\n")
+end
+
+function on_close(client_id, err)
+    mix.mesh.publish("audit", "closed current " .. client_id .. "\\n")
+end
+""" + LINES.format(extra="").replace('''    else
+        conn:send("id''', '''    elseif line == "old" then
+        on_close = function(err, conn)
+            mix.mesh.publish("audit", "closed old " .. conn:client_id() .. "\\n")
+        end
+        conn:send("switched\\n")
+    else
+        conn:send("id''')
+
+
+async def test_a_script_that_redefines_a_callback_is_called_in_its_new_style(start_engine):
+    """The style is looked at again when the script replaces one of the
+    three callbacks (the dispatcher remembers it per set of functions)."""
+    running = await start_engine(SWITCHING_STYLE, protocol="socket")
+    port = running.engine.server_port()
+    auditor = await TcpClient.connect(port)
+    await auditor.recv_line()
+    await auditor.send_line("audit")
+    assert await auditor.recv_line() == "auditing"
+
+    async def closed_line(switch: bool) -> tuple[str, str]:
+        client = await TcpClient.connect(port)
+        await client.recv_line()
+        await client.send_line("id")
+        client_id = (await client.recv_line()).removeprefix("id ")
+        if switch:
+            await client.send_line("old")
+            assert await client.recv_line() == "switched"
+        await client.close()
+        return client_id, await auditor.recv_line()
+
+    client_id, line = await closed_line(switch=False)
+    assert line == f"closed current {client_id}"
+    client_id, line = await closed_line(switch=True)
+    assert line == f"closed old {client_id}"

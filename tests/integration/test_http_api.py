@@ -81,6 +81,16 @@ async def test_bad_publish_is_101_and_delivers_nothing(running, body, says):
     assert (await ws.receive(timeout=5)).data == "ok"
 
 
+@pytest.mark.parametrize("frame_type", [{}, {"t": None}, {"t": ""}, {"t": "text"}])
+async def test_every_spelling_of_text_publishes_a_text_frame(running, frame_type):
+    """Absent, null, "" and "text" all mean text, as CONNMIX's clients send them."""
+    ws = await subscriber(running, "news")
+    reply = await running.api("/v1/mesh/publish", {"c": "news", "d": "héllo", **frame_type})
+    assert reply == {"E": None, "r": {"s": 1, "f": 0}}
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "héllo")
+
+
 async def test_publish_reaches_every_subscriber(running):
     first = await subscriber(running, "news")
     second = await subscriber(running, "news", "other")

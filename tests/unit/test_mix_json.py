@@ -88,6 +88,8 @@ DECODE = [
     ('12345678901234567890', 12345678901234567890.0),  # beyond int64: a double
     ('{"a":null,"b":2}', {"b": 2}),  # null -> nil: the key is absent
     ('{"1":"a"}', {"1": b"a"}),  # object keys stay strings
+    # the same conversions inside containers (converted inline, not per value)
+    ('[12345678901234567890,"x",{"a":null,"b":[true,"y"]}]', [12345678901234567890.0, b"x", {"b": [True, b"y"]}]),
 ]
 
 

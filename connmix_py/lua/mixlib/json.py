@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..convert import ConversionError, from_lua
+from ..memory import HEADROOM
 from .values import bad_argument, fail, lua_string
 
 
@@ -43,8 +44,14 @@ def decoded_size(data: bytes) -> int:
     return len(data) + values * VALUE_COST
 
 
+# Text this short decodes to less than half the headroom the bridge's memory
+# guard keeps free (memory.py): no need to count its values.
+SHORT_TEXT = (HEADROOM // 2 - VALUE_COST) // (VALUE_COST + 1)
+
+
 def bridge(vm) -> dict:
-    to_lua = vm.to_lua
+    # decoded_size bounds what the table takes, checked first: no second walk.
+    to_lua = vm.to_lua_unchecked
 
     # Lua passes as many arguments as the caller wrote (json_encode(f()) is
     # common): extras are ignored.
@@ -64,9 +71,10 @@ def bridge(vm) -> dict:
         data = lua_string(text)
         if data is None:
             return bad_argument(1, "json_decode", "string", text)
-        refusal = vm.memory.refusal(decoded_size(data), "json_decode")
-        if refusal:
-            return fail(refusal)
+        if len(data) >= SHORT_TEXT:
+            refusal = vm.memory.refusal(decoded_size(data), "json_decode")
+            if refusal:
+                return fail(refusal)
         try:
             return to_lua(orjson.loads(data)), None
         except (orjson.JSONDecodeError, ConversionError) as exc:
