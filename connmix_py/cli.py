@@ -1,4 +1,4 @@
-"""`connmix dev|single|check -f connmix.yaml`, `connmix --version`."""
+"""`connmix dev|single|engine|check -f connmix.yaml`, `connmix --version`."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ from .engine import Engine, StartupError
 
 log = logging.getLogger("connmix")
 DISTRIBUTION = "connmix-py"  # the name in pyproject.toml
+NO_BROKER = "engine.broker: connmix engine needs a broker, e.g. broker: redis://127.0.0.1:6379/0"
 
 
 def installed_version() -> str:
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("dev", "run everything in one process with debug logging"),
                        ("single", "run everything in one process with production logging"),
+                       ("engine", "run a grid node (needs engine.broker) with production logging"),
                        ("check", "validate the yaml and compile every entry script")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-f", "--file", default="connmix.yaml", help="configuration file")
@@ -60,6 +62,8 @@ def check(path: str) -> int:
 async def serve(path: str, mode: str) -> int:
     try:
         settings = load_settings(path)
+        if mode == "engine" and settings.broker is None:
+            raise ConfigError(NO_BROKER)
         logs.apply(settings, mode)
         engine = Engine(settings)
         if mode != "dev":  # dev logs at debug whatever the yaml says

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from .api.host_pattern import HostPattern, parse_host_pattern
+from .grid.broker_url import BrokerUrl, BrokerUrlError, parse_broker_url
 
 log = logging.getLogger("connmix.config")
 
@@ -143,6 +144,8 @@ class Settings:
     # ours: seconds a stop gives callbacks still waiting (mix.http.request,
     # redis) after every client got its 1001 close; then their waits end.
     shutdown_grace: float = 5.0
+    # ours: the Redis-protocol server that joins nodes into a grid; None: one node, in process.
+    broker: BrokerUrl | None = None
     base_dir: str = "."
     source: str = "<settings>"
 
@@ -398,12 +401,20 @@ def _apply(target: Any, data: Any, keys: dict, where: str, report: _Report,
             setattr(target, attr, value)
 
 
+def _broker(key: str, value: Any) -> BrokerUrl:
+    try:
+        return parse_broker_url(value)
+    except BrokerUrlError as exc:  # its message names engine.broker already
+        raise ConfigError(str(exc)) from None
+
+
 _TOP_KEYS = ("logging", "engine", "access")
 _ENGINE_KEYS = {"maxOutboundMessageSize": ("max_outbound_message_size", _positive_int),
                 "configReloadInterval": ("config_reload_interval", _seconds),
-                "shutdownGrace": ("shutdown_grace", _seconds)}
-# Read by their own code (or, broker, by later parts of the engine).
-_ENGINE_SECTIONS = ("apiServer", "servers", "luavm", "broker", "access")
+                "shutdownGrace": ("shutdown_grace", _seconds),
+                "broker": ("broker", _broker)}
+# Read by their own code.
+_ENGINE_SECTIONS = ("apiServer", "servers", "luavm", "access")
 # CONNMIX's I/O buffer sizes (gorilla/websocket's): asyncio and the kernel
 # size ours, and mapping 1024 onto SO_RCVBUF/SO_SNDBUF would only slow
 # clients down; maxMessageSize and maxSendQueue are the bounds that matter.

@@ -21,6 +21,9 @@ from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
 from .console import add_routes as add_console_routes
+from .grid.node import GridNode
+from .grid.registry import advertised_host
+from .grid.transport import BrokerDown
 from .hot_config import ConfigWatcher, RestartNotes, restart_keys, watchable
 from .hub import Hub
 from .ids import ClientIds
@@ -51,7 +54,13 @@ class Engine:
         # One metrics object: the hub hands it to the servers and Lua VMs.
         self.metrics = Metrics()
         self.hub = Hub(self.settings.max_outbound_message_size, self.metrics)
-        self.mesh = Mesh(self.hub)
+        # With engine.broker this engine is a grid node: its id comes from the
+        # broker at start (node_id is then only a placeholder).
+        self.grid = (GridNode(self.settings.broker, self.hub, self._describe)
+                     if self.settings.broker is not None else None)
+        self.mesh = Mesh(self.hub, self.grid.broker if self.grid is not None else None)
+        if self.grid is not None:
+            self.grid.broker.mesh = self.mesh
         self.ids = ClientIds(node_id)
         luavm = self.settings.luavm
         self.queues = Queues(luavm.queue_topic_size, luavm.queue_max_topics, self.metrics)
@@ -71,9 +80,15 @@ class Engine:
         self._restart_notes = RestartNotes()
         self.on_logging_level: Callable[[str], None] | None = None
         self.stopping = False
-        # /readyz asks each: None when ready, else why not. A broker adds its
-        # connection state here when there is one.
+        self._advertised: str | None = None  # the host in this node's registration
+        # /readyz asks each: None when ready, else why not.
         self.readiness_checks: list[Callable[[], str | None]] = [self._listening]
+        # A broker outage does not make a node unready: every node loses the
+        # same broker at once, so unready would send a load balancer nowhere,
+        # while each node still serves its own clients and local publishes.
+        # /healthz and connmix_broker_connected show it instead.
+        if self.grid is not None:
+            self.metrics.broker_state = self.grid.state
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -94,6 +109,11 @@ class Engine:
             self.vms = self.load_scripts()
         except (ConfigError, LuaLoadError) as exc:
             raise StartupError(str(exc)) from None
+        if self.grid is not None:
+            try:
+                self.ids = ClientIds(await self.grid.join())
+            except BrokerDown as exc:
+                raise StartupError(str(exc)) from None
         raise_fd_limit()
         self._undo_accept_logging = log_accept_failures(asyncio.get_running_loop())
         where = "engine.apiServer"  # names the key in a "cannot listen" error
@@ -113,6 +133,8 @@ class Engine:
                     self._watchers.append(asyncio.create_task(self._watch(vm, server.byte_code_expires)))
             if self._config_watcher is not None:
                 self._watchers.append(asyncio.create_task(self._config_watcher.run()))
+            if self.grid is not None:
+                await self.grid.announce()
         except OSError as exc:
             await self.stop()
             raise StartupError(f"{where}.port: cannot listen: {exc.strerror or exc}") from None
@@ -124,7 +146,8 @@ class Engine:
         app = web.Application(client_max_size=16 * 1024 * 1024,
                               middlewares=[request_log.log_request,
                                            access.middleware(lambda: self.settings.access)])
-        http_api.add_routes(app, self.mesh, self.stats, self.metrics, self.not_ready)
+        http_api.add_routes(app, self.mesh, self.stats, self.metrics, self.not_ready,
+                            self.grid.health if self.grid is not None else None)
         discovery.add_routes(app, api.bind, lambda: self.api_port)
         add_console_routes(app, self.hub, self.metrics, self.ids.node_id)
         self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
@@ -172,6 +195,8 @@ class Engine:
         engine.shutdownGrace seconds, then end their waits; then release
         everything else."""
         self.stopping = True
+        if self.grid is not None:  # first: the grid stops listing this node
+            await self.grid.leave()
         for watcher in self._watchers:
             watcher.cancel()
         self._watchers.clear()
@@ -194,6 +219,9 @@ class Engine:
             await self._http.close()
             self._http = None
         await self.redis.close()
+        if self.grid is not None:  # last: on_close callbacks may still publish
+            await self.grid.close()
+            self.grid = None
         if self._undo_accept_logging is not None:
             self._undo_accept_logging()
             self._undo_accept_logging = None
@@ -208,6 +236,23 @@ class Engine:
                 return False
             await asyncio.sleep(CLOSED_POLL)
         return True
+
+    def _describe(self) -> dict:
+        """This node's registration record (grid/registry.py adds id, times, pid)."""
+        from .cli import installed_version  # cli imports this module
+        assert self.settings.broker is not None
+        if self._advertised is None:
+            self._advertised = advertised_host(self.settings.api_server.bind, self.settings.broker)
+        host = self._advertised
+        address = f"[{host}]:{self.api_port}" if ":" in host else f"{host}:{self.api_port}"
+        servers = []
+        for server in self.servers:
+            entry: dict = {"protocol": server.settings.protocol, "port": server.port}
+            if server.settings.protocol == "websocket":
+                entry["path"] = server.settings.path
+            servers.append(entry)
+        return {"api_server": address, "host": address, "servers": servers,
+                "connections": len(self.hub.conns), "version": installed_version()}
 
     # -- probes ------------------------------------------------------------------
 

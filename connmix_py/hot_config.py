@@ -45,6 +45,7 @@ def restart_keys(running: Settings, new: Settings) -> set[str]:
         "engine.luavm": running.luavm != new.luavm,
         "engine.maxOutboundMessageSize": running.max_outbound_message_size != new.max_outbound_message_size,
         "engine.configReloadInterval": running.config_reload_interval != new.config_reload_interval,
+        "engine.broker": running.broker != new.broker,
     }
     return {key for key, changed in differ.items() if changed}
 

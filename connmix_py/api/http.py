@@ -26,7 +26,8 @@ def _error(error: ApiError) -> web.Response:
 
 
 def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: Metrics,
-               not_ready: Callable[[], list[str]]) -> None:
+               not_ready: Callable[[], list[str]], health: Callable[[], dict] | None = None) -> None:
+    """health: more fields for /healthz (a grid node's broker state)."""
     def endpoint(action: Callable[[Any, Any], Awaitable[Any]]):
         async def handle(request: web.Request) -> web.Response:
             try:
@@ -39,14 +40,17 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: M
                 return _error(error)
         return handle
 
+    def extra() -> dict:
+        return health() if health is not None else {}
+
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return _json({"status": "ok", **extra()})
 
     async def readyz(request: web.Request) -> web.Response:
         reasons = not_ready()
         if reasons:
-            return _json({"status": "not ready", "reasons": reasons}, status=503)
-        return _json({"status": "ready"})
+            return _json({"status": "not ready", "reasons": reasons, **extra()}, status=503)
+        return _json({"status": "ready", **extra()})
 
     async def get_stats(request: web.Request) -> web.Response:
         return _result(stats())
