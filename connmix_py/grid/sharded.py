@@ -102,6 +102,7 @@ class ShardedPubSub:
         self._refreshed: asyncio.Future[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._reported_down = False
+        self._all_up = asyncio.Event()
         self._closed = False
 
     # -- the transport contract ------------------------------------------------
@@ -110,16 +111,23 @@ class ShardedPubSub:
         try:
             ranges = await self._read_slots([self._seed])
         except (RedisError, OSError) as exc:
-            raise BrokerDown(f"{self._display}: {exc}") from None
+            raise BrokerDown(f"engine.broker: cannot reach {self._display}: {exc}") from None
         self._apply(ranges)
         first_tries = [asyncio.ensure_future(self._connect(shard)) for shard in self._shards.values()]
         failures = [r for r in await asyncio.gather(*first_tries, return_exceptions=True) if r is not None]
         if failures:
             await self.close()
-            raise BrokerDown(f"{self._display}: {failures[0]}")
+            raise BrokerDown(f"engine.broker: cannot reach {self._display}: {failures[0]}")
         for shard in self._shards.values():
             shard.task = asyncio.create_task(self._serve(shard, connected=True))
         self._refresher = asyncio.create_task(self._refresh_loop())
+        # Up means a publish to any topic wanted so far reaches this transport.
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT + len(self._wanted) / 10000):
+                await self._all_up.wait()
+        except TimeoutError:
+            await self.close()
+            raise BrokerDown(f"{self._display}: subscriptions not confirmed in time") from None
 
     def subscribe(self, topics: list[str]) -> None:
         for topic in topics:
@@ -332,6 +340,10 @@ class ShardedPubSub:
         if self._closed:
             return
         all_up = all(shard.up for shard in self._shards.values())
+        if all_up:
+            self._all_up.set()
+        else:
+            self._all_up.clear()
         if not all_up and not self._reported_down and why:
             self._reported_down = True
             log.warning("broker %s down: %s", self._display, why)
