@@ -7,6 +7,7 @@ port+10000, which is reserved too, so no other test's server takes it.
 """
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import tempfile
@@ -79,6 +80,15 @@ class ClusterNode:
             self.process.kill()
             self.process.wait(5)
 
+    def pause(self) -> None:
+        """SIGSTOP: a hung master, its sockets open and silent."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, protocol=2)
 
@@ -88,6 +98,7 @@ class ClusterNode:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(5)

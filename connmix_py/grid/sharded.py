@@ -28,14 +28,13 @@ from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError, ResponseError
 
 from connmix_py.grid.broker_url import BrokerUrl
+from connmix_py.grid.pubsub import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, KEEPALIVE_SECONDS
 from connmix_py.grid.transport import BrokerDown, MessageHandler, StateHandler
 
 log = logging.getLogger("connmix.grid")
 
 SLOTS = 16384
 CONNECT_TIMEOUT = 2.0  # seconds for one connection attempt to a shard master
-BACKOFF_FIRST = 0.05  # seconds before the first reconnect; doubles up to BACKOFF_MAX
-BACKOFF_MAX = 2.0
 REFRESH_SPACING = 0.1  # seconds between two slot map reads (a burst of MOVED reads once)
 CHANNELS_PER_COMMAND = 1000  # SSUBSCRIBE/SUNSUBSCRIBE size bound
 SLOT_CACHE_SIZE = 65536  # topic -> slot memo; cleared when full
@@ -46,7 +45,7 @@ Address = tuple[str, int]
 def backoff(attempt: int) -> float:
     """Seconds to wait before reconnect attempt `attempt` (0-based): exponential,
     with jitter so that nodes that lost the broker together do not return together."""
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
 def _text(value: Any) -> str:
@@ -73,6 +72,7 @@ class _Shard:
     subscriber: AbstractConnection | None = None
     publisher: AbstractConnection | None = None
     up: bool = False  # connected and every wanted topic confirmed once
+    last_read: float = 0.0  # loop time of the subscriber connection's last reply
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -313,6 +313,7 @@ class ShardedPubSub:
                     group.create_task(self._read_messages(shard))
                     group.create_task(self._read_replies(shard))
                     group.create_task(self._flush_loop(shard))
+                    group.create_task(self._keepalive(shard))
             except* (RedisError, OSError) as failure:
                 why = str(failure.exceptions[0]) or type(failure.exceptions[0]).__name__
                 await self._disconnect(shard, why)
@@ -386,15 +387,31 @@ class ShardedPubSub:
             await shard.subscriber.send_packed_command(
                 shard.subscriber.pack_commands(commands), check_health=False)
 
+    async def _keepalive(self, shard: _Shard) -> None:
+        """PING the subscriber connection when it is quiet: a master that hangs
+        without closing the socket is noticed within 2-3 KEEPALIVE_SECONDS."""
+        connection = shard.subscriber
+        assert connection is not None
+        loop = asyncio.get_running_loop()
+        shard.last_read = loop.time()
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            if loop.time() - shard.last_read > 2 * KEEPALIVE_SECONDS:
+                raise BrokerDown("no answer to PING")
+            await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+
     async def _read_messages(self, shard: _Shard) -> None:
         connection = shard.subscriber
         assert connection is not None
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 reply = await connection.read_response(timeout=math.inf)
             except ResponseError as error:
                 self._command_failed(shard, error)
                 continue
+            finally:
+                shard.last_read = loop.time()
             kind = reply[0]
             if kind == b"smessage":
                 try:

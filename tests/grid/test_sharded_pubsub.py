@@ -202,3 +202,23 @@ async def test_start_without_a_cluster_is_broker_down() -> None:
         transport = ShardedPubSub(parse_broker_url(f"redis+cluster://127.0.0.1:{port}"))
         with pytest.raises(BrokerDown, match=f"127.0.0.1:{port}"):
             await transport.start()
+
+
+async def test_a_hung_master_is_noticed_by_ping_and_rejoined(
+        own_cluster: RedisCluster, receivers: list[Receiver]) -> None:
+    sender = await started(own_cluster.url, receivers)
+    receiver = await started(own_cluster.url, receivers)
+    topics = topic_per_shard("connmix:c:hang")
+    receiver.transport.subscribe(topics)
+    await wait_subscribed(sender, topics)
+    hung = own_cluster.nodes[2]
+    hung.pause()  # its sockets stay open: only the keepalive PING can tell
+    try:
+        await until(lambda: receiver.states[:1] and not receiver.states[0][0], "the receiver noticed the hang")
+        assert "PING" in receiver.states[0][1]
+        assert await sender.transport.publish(topics[0], b"meanwhile") == 1
+    finally:
+        hung.resume()
+    await until(lambda: receiver.states[-1:] == [(True, "")], "the receiver rejoined the master", timeout=20)
+    await wait_subscribed(sender, topics)
+    assert b"meanwhile" in receiver.got(topics[0])
