@@ -61,6 +61,15 @@ async def started(url: str, receivers: list[Receiver]) -> Receiver:
     return receiver
 
 
+async def sender_and_receiver(url: str, receivers: list[Receiver], topics: list[str]) -> tuple[Receiver, Receiver]:
+    """Two started transports, the second subscribed to the topics (confirmed by the first's publishes)."""
+    sender = await started(url, receivers)
+    receiver = await started(url, receivers)
+    receiver.transport.subscribe(topics)
+    await wait_subscribed(sender, topics)
+    return sender, receiver
+
+
 def topic_in_range(first: int, last: int, prefix: str = "connmix:c:t") -> str:
     """A topic whose slot is within [first, last]."""
     n = 0
@@ -132,11 +141,8 @@ async def test_publish_counts_broker_subscribers(shared_cluster: RedisCluster, r
 
 
 async def test_publishes_arrive_in_call_order(shared_cluster: RedisCluster, receivers: list[Receiver]) -> None:
-    sender = await started(shared_cluster.url, receivers)
-    receiver = await started(shared_cluster.url, receivers)
     topics = topic_per_shard("connmix:c:order")
-    receiver.transport.subscribe(topics)
-    await wait_subscribed(sender, topics)
+    sender, receiver = await sender_and_receiver(shared_cluster.url, receivers, topics)
     # Not awaited one by one: the calls overlap, their order is the call order.
     calls = [sender.transport.publish(topics[n % 3], str(n).encode()) for n in range(1500)]
     assert await asyncio.gather(*calls) == [1] * 1500
@@ -150,11 +156,8 @@ async def test_publishes_arrive_in_call_order(shared_cluster: RedisCluster, rece
 
 async def test_a_moved_slot_takes_its_topics_to_the_new_master(
         own_cluster: RedisCluster, receivers: list[Receiver]) -> None:
-    sender = await started(own_cluster.url, receivers)
-    receiver = await started(own_cluster.url, receivers)
     topic, neighbour = topic_per_shard("connmix:c:move")[:2]
-    receiver.transport.subscribe([topic, neighbour])
-    await wait_subscribed(sender, [topic, neighbour])
+    sender, receiver = await sender_and_receiver(own_cluster.url, receivers, [topic, neighbour])
     slot = key_slot(topic.encode())
     new_owner = own_cluster.nodes[2]
     own_cluster.move_slot(slot, new_owner)
@@ -173,14 +176,11 @@ async def test_a_moved_slot_takes_its_topics_to_the_new_master(
 
 async def test_a_killed_master_comes_back_with_every_subscription(
         own_cluster: RedisCluster, receivers: list[Receiver]) -> None:
-    sender = await started(own_cluster.url, receivers)
-    receiver = await started(own_cluster.url, receivers)
     topics = topic_per_shard("connmix:c:kill")
-    receiver.transport.subscribe(topics)
-    await wait_subscribed(sender, topics)
+    sender, receiver = await sender_and_receiver(own_cluster.url, receivers, topics)
     victim = own_cluster.nodes[1]
     victim.kill()
-    await until(lambda: (False, ) == tuple(s[0] for s in receiver.states[:1]), "the receiver reported the outage")
+    await until(lambda: receiver.states[:1] and not receiver.states[0][0], "the receiver reported the outage")
     assert victim.addr in receiver.states[0][1]
     # The other shards keep carrying their topics meanwhile.
     assert await sender.transport.publish(topics[0], b"during") == 1
@@ -206,11 +206,8 @@ async def test_start_without_a_cluster_is_broker_down() -> None:
 
 async def test_a_hung_master_is_noticed_by_ping_and_rejoined(
         own_cluster: RedisCluster, receivers: list[Receiver]) -> None:
-    sender = await started(own_cluster.url, receivers)
-    receiver = await started(own_cluster.url, receivers)
     topics = topic_per_shard("connmix:c:hang")
-    receiver.transport.subscribe(topics)
-    await wait_subscribed(sender, topics)
+    sender, receiver = await sender_and_receiver(own_cluster.url, receivers, topics)
     hung = own_cluster.nodes[2]
     hung.pause()  # its sockets stay open: only the keepalive PING can tell
     try:
