@@ -326,10 +326,13 @@ class ShardedPubSub:
 
     async def _disconnect(self, shard: _Shard, why: str) -> None:
         shard.up = False
-        for connection in (shard.subscriber, shard.publisher):
+        # Forgotten before the first await: a publish meanwhile must not write
+        # to (and so make redis-py reconnect) a connection being closed.
+        connections = (shard.subscriber, shard.publisher)
+        shard.subscriber = shard.publisher = None
+        for connection in connections:
             if connection is not None:
                 await connection.disconnect(nowait=True)
-        shard.subscriber = shard.publisher = None
         while shard.replies:
             waiter = shard.replies.popleft()
             if not waiter.done():
