@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from connmix_py.grid.keys import node_inbox
+from connmix_py.grid.keys import channel_topic, node_inbox
 from tests.grid.conftest import ENTRY, api
 from tests.grid_nodes import Grid
 from tests.redis_cluster import SLOT_RANGES, RedisCluster
@@ -107,3 +107,47 @@ async def test_send_and_conn_call_reach_another_node_on_a_cluster(grid, connect,
     async with within(15, "b's registration expired on the cluster"):
         while b.node_id in {record["id"] for record in await grid.records()}:
             await asyncio.sleep(0.1)
+
+
+async def subscribed(grid, connect, channel: str, *nodes) -> list:
+    """A client on each node subscribed to the channel, every node's broker subscription confirmed."""
+    clients = [await connect(node) for node in nodes]
+    for client in clients:
+        await client.subscribe(channel)
+    await grid.wait_subscribed(channel, len(nodes))
+    return clients
+
+
+async def broker_states(session, nodes) -> list[str]:
+    """Each node's /healthz "broker" field."""
+    states = []
+    for node in nodes:
+        async with session.get(node.api_url + "/healthz") as resp:
+            states.append((await resp.json())["broker"])
+    return states
+
+
+async def test_a_killed_master_leaves_local_delivery_and_the_grid_comes_back(grid, connect, session):
+    a, b = await grid.start_node(), await grid.start_node()
+    on_a, on_b = await subscribed(grid, connect, "room", a, b)
+    slot = key_slot(channel_topic("room").encode())
+    master = next(node for node, (first, last) in zip(grid.broker.cluster.nodes, SLOT_RANGES, strict=True)
+                  if first <= slot <= last)
+    master.kill()
+    async with within(15, "both nodes reported the broker down"):
+        while not all(state.startswith("down") for state in await broker_states(session, (a, b))):
+            await asyncio.sleep(0.05)
+    # each node keeps serving its own connections
+    assert await api(session, a, "/v1/mesh/publish", {"c": "room", "d": "local"}) == {"E": None,
+                                                                                      "r": {"s": 1, "f": 0}}
+    assert await on_a.text() == "local"
+    master.start()
+    async with within(20, "both nodes reported the broker back"):
+        while await broker_states(session, (a, b)) != ["connected", "connected"]:
+            await asyncio.sleep(0.05)
+    await grid.wait_subscribed("room", 2)
+    # the same websocket connections: nothing reconnected, grid delivery resumed
+    assert await api(session, b, "/v1/mesh/publish", {"c": "room", "d": "grid"}) == {"E": None,
+                                                                                     "r": {"s": 2, "f": 0}}
+    assert await on_a.text() == "grid"
+    assert await on_b.text() == "grid"  # b never got "local": at most once across the outage
