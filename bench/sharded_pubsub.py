@@ -6,7 +6,8 @@ one Valkey server, from one Python process (issue 10, "Outgrowing one broker").
 Both sides pipeline the same way (publishes written in call order on one
 connection per server, replies read in order, `--window` in flight), and a
 subscriber in another process receives every message, so the broker fans out
-as it would in a grid. Prints publishes/s (replies back), deliveries/s (last
+as it would in a grid. `single*` is the same single server through the grid's
+own transport (connmix_py/grid/pubsub.py, its RESP client). Prints publishes/s (replies back), deliveries/s (last
 message received) and each broker process's CPU seconds during the run.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from redis.asyncio.connection import Connection  # noqa: E402
 
 from connmix_py.grid.broker_url import parse_broker_url  # noqa: E402
+from connmix_py.grid.pubsub import RedisPubSub  # noqa: E402
 from connmix_py.grid.sharded import ShardedPubSub  # noqa: E402
 from tests.redis_cluster import RedisCluster  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
@@ -75,7 +77,7 @@ def subscriber(target: str, address: str, topics: list[str], expected: int, read
             got += 1
             if got == expected:
                 finished.set()
-        if target == "cluster":
+        if target.startswith("cluster"):
             transport = ShardedPubSub(parse_broker_url(address), on_message=count)
             await transport.start()
             transport.subscribe(topics)
@@ -162,6 +164,11 @@ def main() -> None:
                 await publisher.connection.disconnect()
             return publisher.publish, stop
 
+        async def one_server_transport():
+            transport = RedisPubSub(parse_broker_url(f"redis://127.0.0.1:{server.port}/0"))
+            await transport.start()
+            return transport.publish, transport.close
+
         async def sharded():
             transport = ShardedPubSub(parse_broker_url(cluster.url))
             await transport.start()
@@ -169,6 +176,7 @@ def main() -> None:
         print(f"{args.messages} publishes of {args.size} bytes over {args.topics} topics, "
               f"{args.window} in flight, one subscriber process", flush=True)
         measure("single", one_server, str(server.port), [server.process.pid], args)
+        measure("single*", one_server_transport, str(server.port), [server.process.pid], args)
         measure("cluster", sharded, cluster.url, [n.process.pid for n in cluster.nodes if n.process], args)
     finally:
         server.stop()

@@ -10,36 +10,42 @@ order, replies read in order, so one caller's publishes on a topic stay in
 order). The slot map is read at start (CLUSTER SLOTS) and again on MOVED, when
 a server drops a moved slot's channels (it sends SUNSUBSCRIBE), and when a
 shard's connection fails; topics then follow their slot to its new master.
+The connections are the grid's own RESP connections (resp.py), as the
+single-server transport's: an outage is seen here, never retried behind our back.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.crc import key_slot
-from redis.exceptions import MovedError, RedisError, ResponseError
 
 from connmix_py.grid.broker_url import BrokerUrl
 from connmix_py.grid.pubsub import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, KEEPALIVE_SECONDS
+from connmix_py.grid.resp import CONNECT_TIMEOUT, RespConnection, RespError
 from connmix_py.grid.transport import BrokerDown, MessageHandler, StateHandler
 
 log = logging.getLogger("connmix.grid")
 
 SLOTS = 16384
-CONNECT_TIMEOUT = 2.0  # seconds for one connection attempt to a shard master
 REFRESH_SPACING = 0.1  # seconds between two slot map reads (a burst of MOVED reads once)
 CHANNELS_PER_COMMAND = 1000  # SSUBSCRIBE/SUNSUBSCRIBE size bound
 SLOT_CACHE_SIZE = 65536  # topic -> slot memo; cleared when full
 
 Address = tuple[str, int]
+# What a lost or unusable connection raises (RespConnection.open and read).
+CONNECTION_ERRORS = (OSError, EOFError, TimeoutError, RespError)
+
+
+class SlotMoved(Exception):
+    """A master answered MOVED: the slot map is stale."""
 
 
 def backoff(attempt: int) -> float:
@@ -69,8 +75,8 @@ class _Shard:
     subscribed: set[str] = field(default_factory=set)  # asked for on the current subscriber connection
     sent: deque[_Command] = field(default_factory=deque)
     replies: deque[asyncio.Future[int]] = field(default_factory=deque)  # publishes awaiting SPUBLISH's reply
-    subscriber: AbstractConnection | None = None
-    publisher: AbstractConnection | None = None
+    subscriber: RespConnection | None = None
+    publisher: RespConnection | None = None
     up: bool = False  # connected and every wanted topic confirmed once
     last_read: float = 0.0  # loop time of the subscriber connection's last reply
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
@@ -88,11 +94,8 @@ class ShardedPubSub:
                  on_state: StateHandler | None = None) -> None:
         self.on_message: MessageHandler = on_message or (lambda topic, data: None)
         self.on_state: StateHandler = on_state or (lambda up, why: None)
-        options = parse_url(url.redis_py_url)
-        self._seed: Address = (str(options.pop("host", "127.0.0.1")), int(options.pop("port", 6379)))
-        options.pop("db", None)  # a cluster has database 0 only
-        self._connection_class: Callable[..., AbstractConnection] = options.pop("connection_class", Connection)
-        self._options: dict[str, Any] = dict(options)  # password, username, TLS settings
+        self._url = urlsplit(url.redis_py_url)
+        self._seed: Address = (self._url.hostname or "127.0.0.1", self._url.port or 6379)
         self._display = url.display
         self._wanted: set[str] = set()
         self._slot_cache: dict[str, int] = {}
@@ -110,7 +113,7 @@ class ShardedPubSub:
     async def start(self) -> None:
         try:
             ranges = await self._read_slots([self._seed])
-        except (RedisError, OSError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise BrokerDown(f"engine.broker: cannot reach {self._display}: {exc}") from None
         self._apply(ranges)
         first_tries = [asyncio.ensure_future(self._connect(shard)) for shard in self._shards.values()]
@@ -143,17 +146,15 @@ class ShardedPubSub:
 
     async def publish(self, topic: str, data: bytes) -> int:
         try:
+            return await self._publish_once(topic, data)
+        except SlotMoved:
+            # The slot moved since the map was read: read it again and send once
+            # more to the new owner (publishes racing a resharding may reorder).
+            await self._await_refresh()
             try:
                 return await self._publish_once(topic, data)
-            except MovedError:
-                # The slot moved since the map was read: read it again and send once
-                # more to the new owner (publishes racing a resharding may reorder).
-                await self._await_refresh()
-                return await self._publish_once(topic, data)
-        except BrokerDown:
-            raise
-        except (RedisError, OSError) as error:  # CLUSTERDOWN, a broken connection, MOVED twice
-            raise BrokerDown(f"{self._display}: {error}") from None
+            except SlotMoved as moved:
+                raise BrokerDown(f"{self._display}: {moved}") from None
 
     async def close(self) -> None:
         self._closed = True
@@ -196,16 +197,19 @@ class ShardedPubSub:
         """(first slot, last slot, master) from the first candidate that answers CLUSTER SLOTS."""
         error: Exception = BrokerDown("no cluster node to ask for the slot map")
         for address in candidates:
-            connection = self._new_connection(address)
             try:
-                await connection.connect()
-                await connection.send_command("CLUSTER", "SLOTS")
-                answer = await connection.read_response()
-            except (RedisError, OSError) as exc:
+                connection = await self._open(address)
+            except CONNECTION_ERRORS as exc:
+                error = exc
+                continue
+            try:
+                connection.write(("CLUSTER", "SLOTS"))
+                answer = await connection.read()
+            except CONNECTION_ERRORS as exc:
                 error = exc
                 continue
             finally:
-                await connection.disconnect()
+                connection.close()
             ranges = []
             for first, last, master, *_replicas in answer:
                 host = _text(master[0]) or address[0]  # "" : the node does not know its own address
@@ -265,7 +269,7 @@ class ShardedPubSub:
             candidates = [*self._shards, self._seed]
             try:
                 ranges = await self._read_slots(dict.fromkeys(candidates))
-            except (RedisError, OSError) as exc:
+            except CONNECTION_ERRORS as exc:
                 log.debug("broker %s: slot map not read: %s", self._display, exc)
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
@@ -279,21 +283,24 @@ class ShardedPubSub:
 
     # -- one shard's connections ----------------------------------------------
 
-    def _new_connection(self, address: Address) -> AbstractConnection:
-        return self._connection_class(host=address[0], port=address[1], protocol=2,
-                                      socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
-                                      **self._options)
+    async def _open(self, address: Address) -> RespConnection:
+        """A connection to one master, with the URL's credentials and TLS."""
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        credentials = self._url.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@{host}:{address[1]}" if credentials else f"{host}:{address[1]}"
+        url = urlunsplit((self._url.scheme, netloc, "", self._url.query, ""))
+        return await RespConnection.open(BrokerUrl(url=url, cluster=False, display=f"{host}:{address[1]}"))
 
     async def _connect(self, shard: _Shard) -> None:
-        subscriber = self._new_connection(shard.address)
-        publisher = self._new_connection(shard.address)
-        try:
-            await asyncio.gather(subscriber.connect(), publisher.connect())
-        except BaseException:
-            await subscriber.disconnect()
-            await publisher.disconnect()
-            raise
-        shard.subscriber, shard.publisher = subscriber, publisher
+        opened = await asyncio.gather(self._open(shard.address), self._open(shard.address),
+                                      return_exceptions=True)
+        failed = [result for result in opened if isinstance(result, BaseException)]
+        if failed:
+            for result in opened:
+                if isinstance(result, RespConnection):
+                    result.close()
+            raise failed[0]
+        shard.subscriber, shard.publisher = opened  # type: ignore[assignment]
         shard.subscribed = set()
         shard.sent.clear()
         shard.changed = set(shard.want)
@@ -314,7 +321,7 @@ class ShardedPubSub:
                     group.create_task(self._read_replies(shard))
                     group.create_task(self._flush_loop(shard))
                     group.create_task(self._keepalive(shard))
-            except* (RedisError, OSError) as failure:
+            except* CONNECTION_ERRORS as failure:
                 why = str(failure.exceptions[0]) or type(failure.exceptions[0]).__name__
                 await self._disconnect(shard, why)
                 self._request_refresh()  # a failover may have moved the slots elsewhere
@@ -332,7 +339,7 @@ class ShardedPubSub:
         shard.subscriber = shard.publisher = None
         for connection in connections:
             if connection is not None:
-                await connection.disconnect(nowait=True)
+                connection.close()
         while shard.replies:
             waiter = shard.replies.popleft()
             if not waiter.done():
@@ -361,12 +368,12 @@ class ShardedPubSub:
         while True:
             await shard.dirty.wait()
             shard.dirty.clear()
-            await self._flush(shard)
+            self._flush(shard)
             if not shard.up and not shard.sent:
                 shard.up = True  # nothing was left to restore
                 self._report()
 
-    async def _flush(self, shard: _Shard) -> None:
+    def _flush(self, shard: _Shard) -> None:
         """Send what changed since the last flush: one SSUBSCRIBE/SUNSUBSCRIBE
         per slot, all in one write."""
         changed, shard.changed = shard.changed, set()
@@ -379,7 +386,7 @@ class ShardedPubSub:
             elif topic not in shard.want and topic in shard.subscribed:
                 leaving.setdefault(self.slot(topic), []).append(topic)
                 shard.subscribed.discard(topic)
-        commands: list[tuple[str, ...]] = []
+        commands: list[tuple[bytes | str | int, ...]] = []
         for subscribe, groups in ((True, joining), (False, leaving)):
             for topics in groups.values():
                 for start in range(0, len(topics), CHANNELS_PER_COMMAND):
@@ -387,8 +394,7 @@ class ShardedPubSub:
                     commands.append(("SSUBSCRIBE" if subscribe else "SUNSUBSCRIBE", *chunk))
                     shard.sent.append(_Command(subscribe, chunk, len(chunk)))
         if commands and shard.subscriber is not None:
-            await shard.subscriber.send_packed_command(
-                shard.subscriber.pack_commands(commands), check_health=False)
+            shard.subscriber.write(*commands)
 
     async def _keepalive(self, shard: _Shard) -> None:
         """PING the subscriber connection when it is quiet: a master that hangs
@@ -401,7 +407,7 @@ class ShardedPubSub:
             await asyncio.sleep(KEEPALIVE_SECONDS)
             if loop.time() - shard.last_read > 2 * KEEPALIVE_SECONDS:
                 raise BrokerDown("no answer to PING")
-            await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+            connection.write(("PING",))
 
     async def _read_messages(self, shard: _Shard) -> None:
         connection = shard.subscriber
@@ -409,8 +415,8 @@ class ShardedPubSub:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                reply = await connection.read_response(timeout=math.inf)
-            except ResponseError as error:
+                reply = await connection.read()
+            except RespError as error:
                 self._command_failed(shard, error)
                 continue
             finally:
@@ -438,7 +444,7 @@ class ShardedPubSub:
             shard.changed.add(topic)
             self._request_refresh()
 
-    def _command_failed(self, shard: _Shard, error: ResponseError) -> None:
+    def _command_failed(self, shard: _Shard, error: RespError) -> None:
         command = shard.sent.popleft() if shard.sent else None
         if command is not None and command.subscribe:
             shard.subscribed.difference_update(command.topics)
@@ -457,18 +463,20 @@ class ShardedPubSub:
         assert connection is not None
         while True:
             try:
-                reply: Any = await connection.read_response(timeout=math.inf)
-            except ResponseError as error:
+                reply: Any = await connection.read()
+            except RespError as error:
                 reply = error
             if not shard.replies:
                 raise BrokerDown(f"broker shard {shard.name}: a reply nobody asked for")
             waiter = shard.replies.popleft()
             if waiter.done():
                 continue
-            if isinstance(reply, Exception):
-                if isinstance(reply, MovedError):
+            if isinstance(reply, RespError):
+                if str(reply).startswith("MOVED "):
                     self._request_refresh()
-                waiter.set_exception(reply)
+                    waiter.set_exception(SlotMoved(str(reply)))
+                else:  # CLUSTERDOWN and the like: not sent now
+                    waiter.set_exception(BrokerDown(f"broker shard {shard.name}: {reply}"))
             else:
                 waiter.set_result(int(reply))
 
@@ -478,7 +486,5 @@ class ShardedPubSub:
             raise BrokerDown(f"{self._display}: no connected master for the topic's slot")
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         shard.replies.append(waiter)
-        # Written before the first await: publishes reach the master in call order.
-        await shard.publisher.send_packed_command(
-            shard.publisher.pack_command("SPUBLISH", topic, data), check_health=False)
+        shard.publisher.write(("SPUBLISH", topic, data))  # in call order: no await before it
         return await waiter
