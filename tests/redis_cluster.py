@@ -57,7 +57,8 @@ class ClusterNode:
     """One master: a valkey-server process that can be killed and started again
     (same port, same nodes.conf, so the same node id and slots)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
         self.reservations = _reserve_port_pair()
         self.port = self.reservations[0].getsockname()[1]
         self.dir = tempfile.TemporaryDirectory()
@@ -70,7 +71,8 @@ class ClusterNode:
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              # the other shards keep serving while one master is down (tests kill one)
              "--cluster-require-full-coverage", "no",
-             "--cluster-node-timeout", "3000"],
+             "--cluster-node-timeout", "3000",
+             *(["--requirepass", self.password, "--masterauth", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_listening(self.port, self.process, time.monotonic() + START_TIMEOUT)
 
@@ -90,7 +92,7 @@ class ClusterNode:
         self.process.send_signal(signal.SIGCONT)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, protocol=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, protocol=2, password=self.password)
 
     @property
     def addr(self) -> str:
@@ -113,8 +115,9 @@ class ClusterNode:
 class RedisCluster:
     """Three masters sharing the 16384 slots (SLOT_RANGES), cluster_state:ok."""
 
-    def __init__(self) -> None:
-        self.nodes = [ClusterNode() for _ in SLOT_RANGES]
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
+        self.nodes = [ClusterNode(password) for _ in SLOT_RANGES]
         try:
             for node in self.nodes:
                 node.start()
@@ -165,7 +168,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://{self.nodes[0].addr}"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{credentials}{self.nodes[0].addr}"
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -231,3 +231,16 @@ async def test_a_hung_master_is_noticed_by_ping_and_rejoined(
     await until(receiver.back, "the receiver rejoined the master", timeout=20)
     await wait_subscribed(sender, topics)
     assert b"meanwhile" in receiver.got(topics[0])
+
+
+async def test_a_password_reaches_every_master(receivers: list[Receiver]) -> None:
+    cluster = RedisCluster(password="s3cret")
+    try:
+        topics = topic_per_shard("connmix:c:auth")
+        await sender_and_receiver(cluster.url, receivers, topics)  # every master took AUTH
+        wrong = ShardedPubSub(parse_broker_url(cluster.url.replace("s3cret", "wrong")))
+        with pytest.raises(BrokerDown) as refused:
+            await wrong.start()
+        assert "wrong" not in str(refused.value) and "\n" not in str(refused.value)
+    finally:
+        cluster.stop()
