@@ -11,6 +11,7 @@ from .broker_url import BrokerUrl
 from .pubsub import RedisPubSub
 from .redis_broker import RedisBroker
 from .registry import Registry
+from .sharded import ShardedPubSub
 from .transport import PubSubTransport
 
 log = logging.getLogger("connmix.grid")
@@ -18,7 +19,7 @@ log = logging.getLogger("connmix.grid")
 
 def make_transport(url: BrokerUrl) -> PubSubTransport:
     """The pub/sub transport a broker URL calls for."""
-    return RedisPubSub(url)
+    return ShardedPubSub(url) if url.cluster else RedisPubSub(url)
 
 
 class GridNode:
