@@ -50,7 +50,14 @@ class StartupError(Exception):
 
 
 class Engine:
-    def __init__(self, config: str | Settings, node_id: int = 1) -> None:
+    def __init__(self, config: str | Settings, node_id: int = 1, *, reuse_port: bool = False,
+                 private_api: bool = False) -> None:
+        """reuse_port: listen on the yaml's ports with SO_REUSEPORT, so several
+        processes (the -p workers) share them. private_api: also serve the
+        apiServer on a port of this process's own (same bind, chosen by the
+        kernel); that is the address the node registers, so a backend's
+        /ws/v1 session reaches this process and not whichever one the shared
+        port picks."""
         self.settings = load_settings(config) if isinstance(config, str) else config
         # One metrics object: the hub hands it to the servers and Lua VMs.
         self.metrics = Metrics()
@@ -70,6 +77,9 @@ class Engine:
         self.servers: list[WebSocketServer | SocketServer] = []
         self.vms: list[LuaVM] = []
         self.api_port = self.settings.api_server.port
+        self.reuse_port = reuse_port
+        self.private_api = private_api
+        self.private_api_port: int | None = None  # once listening, with private_api
         self._api_runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task] = []
@@ -121,7 +131,8 @@ class Engine:
         try:
             for i, (server, vm) in enumerate(zip(self.settings.servers, self.vms, strict=True)):
                 where = f"engine.servers[{i}]"
-                listener = SERVER_KINDS[server.protocol](server, vm, self.hub, self.ids.next)
+                listener = SERVER_KINDS[server.protocol](server, vm, self.hub, self.ids.next,
+                                                         reuse_port=self.reuse_port)
                 await listener.start()
                 self.servers.append(listener)
                 path = server.path if server.protocol == "websocket" else ""
@@ -158,11 +169,16 @@ class Engine:
         self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
                                                           api.body_timeout))
         await self._api_runner.setup()
-        site = web.TCPSite(self._api_runner, api.bind, api.port, backlog=1024)
+        site = web.TCPSite(self._api_runner, api.bind, api.port, backlog=1024, reuse_port=self.reuse_port)
         await site.start()
         if api.port == 0:
             self.api_port = site._server.sockets[0].getsockname()[1]
         log.info("api server on %s:%d", api.bind, self.api_port)
+        if self.private_api:
+            private = web.TCPSite(self._api_runner, api.bind, 0, backlog=1024)
+            await private.start()
+            self.private_api_port = private._server.sockets[0].getsockname()[1]
+            log.info("api server of this process alone on %s:%d", api.bind, self.private_api_port)
         if not self.settings.access.users and not access.is_loopback(api.bind):
             log.warning("api server on %s:%d has no access.users: anyone who can reach it may publish, "
                         "send and consume; add users or bind it to 127.0.0.1", api.bind, self.api_port)
@@ -248,7 +264,8 @@ class Engine:
         if self._advertised is None:
             self._advertised = advertised_host(self.settings.api_server.bind, self.settings.broker)
         host = self._advertised
-        address = f"[{host}]:{self.api_port}" if ":" in host else f"{host}:{self.api_port}"
+        port = self.registered_api_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         servers = []
         for server in self.servers:
             entry: dict = {"protocol": server.settings.protocol, "port": server.port}
@@ -299,6 +316,11 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         return self.hub.stats()
+
+    @property
+    def registered_api_port(self) -> int:
+        """The apiServer port this node registers: its private one when it has one."""
+        return self.private_api_port if self.private_api_port is not None else self.api_port
 
     def server_port(self, index: int = 0) -> int:
         return self.servers[index].port

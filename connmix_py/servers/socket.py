@@ -41,11 +41,13 @@ SHUTDOWN_GRACE = 2.0
 
 class SocketServer:
     def __init__(self, settings: ServerSettings, vm: LuaVM, hub: Hub,
-                 next_client_id: Callable[[], str]) -> None:
+                 next_client_id: Callable[[], str], reuse_port: bool = False) -> None:
         self.settings = settings
         self.vm = vm
         self.hub = hub
         self.next_client_id = next_client_id
+        # -p workers all listen on the yaml's port (SO_REUSEPORT): the kernel spreads connections.
+        self.reuse_port = reuse_port
         self.counters = hub.metrics.server(self)
         self.conns: set[Connection] = set()  # until on_close has run
         self.port = settings.port
@@ -63,7 +65,8 @@ class SocketServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: SocketSession(self), self.settings.bind,
-                                                self.settings.port, backlog=1024)
+                                                self.settings.port, backlog=1024,
+                                                reuse_port=self.reuse_port)
         if self.settings.port == 0:  # tests ask for any free port
             self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(

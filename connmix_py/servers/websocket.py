@@ -51,11 +51,13 @@ def handshake_tables(request: web.Request, remote: str) -> tuple[dict, dict]:
 
 class WebSocketServer:
     def __init__(self, settings: ServerSettings, vm: LuaVM, hub: Hub,
-                 next_client_id: Callable[[], str]) -> None:
+                 next_client_id: Callable[[], str], reuse_port: bool = False) -> None:
         self.settings = settings
         self.vm = vm
         self.hub = hub
         self.next_client_id = next_client_id
+        # -p workers all listen on the yaml's port (SO_REUSEPORT): the kernel spreads connections.
+        self.reuse_port = reuse_port
         self.counters = hub.metrics.server(self)
         # Open connections, until their close has finished (the sweeper
         # enforces the write timeout on a close that cannot flush).
@@ -70,7 +72,8 @@ class WebSocketServer:
         settings = self.settings
         self._runner = limited_runner(app, HttpLimits(settings.handshake_timeout, settings.max_connections))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.bind, self.settings.port, backlog=1024)
+        site = web.TCPSite(self._runner, self.settings.bind, self.settings.port, backlog=1024,
+                           reuse_port=self.reuse_port)
         try:
             await site.start()
         except OSError:
