@@ -1,4 +1,4 @@
-"""`connmix dev|single|engine|check -f connmix.yaml`, `connmix --version`."""
+"""`connmix dev|single|engine|center|check -f connmix.yaml`, `connmix --version`."""
 from __future__ import annotations
 
 import argparse
@@ -180,14 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup_console()
     if args.command == "check":
         return check(args.file)
+    if args.command == "center":
+        try:
+            return run(serve_center(args.file, args.processes))
+        except KeyboardInterrupt:
+            return 130
     worker = getattr(args, "worker", None)
-    if args.command != "center" and worker is None and getattr(args, "processes", None) is not None:
+    if worker is None and getattr(args, "processes", None) is not None:
         return supervise(args.file, args.command, args.processes)
     if worker is not None and not workers.die_with_supervisor(args.supervisor):
         return 1  # its parent is gone already
     try:
-        if args.command == "center":
-            return run(serve_center(args.file, args.processes))
         return run(serve(args.file, args.command, worker, getattr(args, "report_fd", None)))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
