@@ -46,6 +46,8 @@ def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
 class RespConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
 
     @classmethod
     async def open(cls, url: BrokerUrl) -> RespConnection:
@@ -79,7 +81,19 @@ class RespConnection:
         return name[0] if isinstance(name, tuple) else None
 
     def write(self, *commands: tuple[bytes | str | int, ...]) -> None:
-        self.writer.write(b"".join(_command(args) for args in commands))
+        """Queue commands; everything written during one event-loop turn
+        leaves in one socket write (a burst of publishes is one syscall, not
+        one each), in the order written."""
+        self._pending.extend(_command(args) for args in commands)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pending and not self.writer.is_closing():
+            self.writer.write(b"".join(self._pending))
+        self._pending.clear()
 
     async def read(self) -> Any:
         """The next reply: bytes, int, list, None; an error reply raises RespError;

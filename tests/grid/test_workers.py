@@ -403,11 +403,11 @@ async def test_a_consumer_given_the_shared_port_gets_the_items_of_every_worker(t
         async with (supervised(tmp_path, "-p", "2", command="engine", lua=PUSH_LUA,
                                engine=f"broker: redis://127.0.0.1:{server.port}/0\n") as gateway,
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session):
-            async with within(START_GUARD, "both workers registered"):
-                while len(await registered(broker)) < 2:
+            async with within(START_GUARD, "both workers listening"):
+                # A record claims its id before the worker listens (the shared port, no servers yet).
+                while len(nodes := [node for node in await registered(broker) if node["servers"]]) < 2:
                     assert gateway.proc.returncode is None, gateway.log()
                     await asyncio.sleep(0.1)
-            nodes = await registered(broker)
             consumer = Consumer(f"http://127.0.0.1:{gateway.api_port}", ["jobs"])
             async with consumer:
                 async with within(START_GUARD, "the consumer attached to both workers"):
@@ -415,9 +415,10 @@ async def test_a_consumer_given_the_shared_port_gets_the_items_of_every_worker(t
                         await asyncio.sleep(0.05)
                 # Clients until both workers have pushed at least once (the kernel picks).
                 pushed: list[str] = []
+                clients = []  # kept open: a worker's connection count says it got one
                 async with within(START_GUARD, "an item pushed on each worker"):
                     while min([(await worker_stats(session, node))["connections"] for node in nodes]) == 0:
-                        ws = await session.ws_connect(f"http://127.0.0.1:{gateway.ws_port}/ws")
+                        clients.append(ws := await session.ws_connect(f"http://127.0.0.1:{gateway.ws_port}/ws"))
                         await ws.send_str(f"item {len(pushed)}")
                         assert (await ws.receive(timeout=STOP_GUARD)).data == "pushed"
                         pushed.append(f"item {len(pushed)}")
