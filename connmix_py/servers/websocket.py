@@ -337,8 +337,6 @@ class WebSocketSession(asyncio.Protocol):
     async def _verdict(self, request: Any, conn: Connection) -> bytes | None:
         """Run on_handshake; a reply refusing the upgrade, or None to accept."""
         vm = self.server.vm
-        if not vm.has("on_handshake"):
-            return None  # nothing to ask: the two tables would be built for no one
         headers, server = handshake_tables(request, conn.remote_addr)
         try:
             arguments = vm.to_lua(headers), vm.to_lua(server)
