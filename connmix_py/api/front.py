@@ -168,7 +168,7 @@ class ApiConnection(asyncio.Protocol):
         while not self.busy and not self.transport.is_closing():
             if self.request is None and not self._read_head():
                 return
-            if len(self.buffer) < self.body_end:
+            if len(self.buffer) < self.body_end or self.body_end - self.head_end > MAX_BODY:
                 self._check_body_size()
                 return  # the body timer runs
             if not self._answer():
