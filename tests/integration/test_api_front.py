@@ -8,7 +8,6 @@ import asyncio
 import base64
 import dataclasses
 import logging
-import textwrap
 
 import aiohttp
 import orjson
@@ -17,7 +16,7 @@ import pytest
 from connmix_py import Engine, parse_settings
 from connmix_py.codes import INVALID_ARGUMENT, SEND_FAILED
 from connmix_py.config import AccessSettings
-from tests.conftest import engine_config
+from tests.integration.test_connection_limits import start  # noqa: F401  (the fixture)
 
 GUARD = 15  # a hang guard only
 
@@ -34,25 +33,19 @@ USERS = [
 
 
 @pytest.fixture
-async def start(tmp_path):
-    """start(api=None, access=None) -> Engine."""
-    engines: list[Engine] = []
+def started(request):
+    """started(api=None, access=None) -> Engine running SUBSCRIBE, from test_connection_limits'
+    start fixture; access.users set as a reload sets them (read on every request)."""
+    start_engine = request.getfixturevalue("start")
 
     async def run(api: dict | None = None, access: dict | None = None) -> Engine:
-        entry = tmp_path / f"entry{len(engines)}.lua"
-        entry.write_text(textwrap.dedent(SUBSCRIBE))
-        conf = engine_config(str(entry))
-        conf["engine"]["apiServer"].update(api or {})
+        engine = await start_engine(SUBSCRIBE, api)
         if access is not None:
-            conf["access"] = access
-        engine = Engine(parse_settings(conf, base_dir=str(tmp_path)))
-        await engine.start()
-        engines.append(engine)
+            users = parse_settings({"access": access}).access
+            await engine.apply_settings(dataclasses.replace(engine.settings, access=users))
         return engine
 
-    yield run
-    for engine in engines:
-        await engine.stop()
+    return run
 
 
 def request(method: str, path: str, body: bytes = b"", version: str = "1.1", **headers: str) -> bytes:
@@ -106,8 +99,8 @@ async def subscriber(session: aiohttp.ClientSession, engine: Engine) -> aiohttp.
     return ws
 
 
-async def test_many_publishes_on_one_kept_alive_connection_are_delivered_in_order(start):
-    engine = await start()
+async def test_many_publishes_on_one_kept_alive_connection_are_delivered_in_order(started):
+    engine = await started()
     async with aiohttp.ClientSession() as session:
         ws = await subscriber(session, engine)
         reader, writer = await connect(engine)
@@ -120,8 +113,8 @@ async def test_many_publishes_on_one_kept_alive_connection_are_delivered_in_orde
         writer.close()
 
 
-async def test_a_get_after_a_publish_is_answered_by_aiohttp_on_the_same_connection(start):
-    engine = await start()
+async def test_a_get_after_a_publish_is_answered_by_aiohttp_on_the_same_connection(started):
+    engine = await started()
     reader, writer = await connect(engine, publish())
     status, _, body = await read_response(reader)
     assert status == 200 and orjson.loads(body)["E"] is None
@@ -134,8 +127,8 @@ async def test_a_get_after_a_publish_is_answered_by_aiohttp_on_the_same_connecti
     writer.close()
 
 
-async def test_pipelined_requests_in_one_write_are_answered_in_order(start):
-    engine = await start()
+async def test_pipelined_requests_in_one_write_are_answered_in_order(started):
+    engine = await started()
     send = request("POST", "/v1/mesh/send", b'{"c":"999","d":"x"}')
     reader, writer = await connect(engine, publish() + send + publish(channel="") + request("GET", "/v1/stats"))
     replies = [await read_response(reader) for _ in range(4)]
@@ -147,8 +140,8 @@ async def test_pipelined_requests_in_one_write_are_answered_in_order(start):
     writer.close()
 
 
-async def test_a_body_split_over_many_writes_is_read_whole(start):
-    engine = await start()
+async def test_a_body_split_over_many_writes_is_read_whole(started):
+    engine = await started()
     whole = publish(data="x" * 300)
     reader, writer = await connect(engine)
     for i in range(0, len(whole), 7):
@@ -160,8 +153,8 @@ async def test_a_body_split_over_many_writes_is_read_whole(start):
     writer.close()
 
 
-async def test_http_1_0_without_keep_alive_is_answered_then_closed(start):
-    engine = await start()
+async def test_http_1_0_without_keep_alive_is_answered_then_closed(started):
+    engine = await started()
     reader, writer = await connect(engine, request("POST", "/v1/mesh/publish", b'{"c":"a","d":"b"}', "1.0"))
     status, headers, _ = await read_response(reader)
     assert status == 200 and headers["connection"].lower() == "close"
@@ -169,8 +162,8 @@ async def test_http_1_0_without_keep_alive_is_answered_then_closed(start):
     writer.close()
 
 
-async def test_http_1_0_with_keep_alive_stays_open(start):
-    engine = await start()
+async def test_http_1_0_with_keep_alive_stays_open(started):
+    engine = await started()
     body = b'{"c":"a","d":"b"}'
     reader, writer = await connect(engine, request("POST", "/v1/mesh/publish", body, "1.0",
                                                    Connection="keep-alive"))
@@ -180,8 +173,8 @@ async def test_http_1_0_with_keep_alive_stays_open(start):
     writer.close()
 
 
-async def test_a_head_that_does_not_arrive_in_time_closes_the_connection(start):
-    engine = await start(api={"handshakeTimeout": 0.5})
+async def test_a_head_that_does_not_arrive_in_time_closes_the_connection(started):
+    engine = await started(api={"handshakeTimeout": 0.5})
     reader, writer = await connect(engine, b"POST /v1/mesh/publish HTTP/1.1\r\nHost: x\r\n")
     assert await closed(reader)
     writer.close()
@@ -191,8 +184,8 @@ async def test_a_head_that_does_not_arrive_in_time_closes_the_connection(start):
     writer.close()
 
 
-async def test_a_body_that_does_not_arrive_in_time_gets_408(start, caplog):
-    engine = await start(api={"bodyTimeout": 0.5})
+async def test_a_body_that_does_not_arrive_in_time_gets_408(started, caplog):
+    engine = await started(api={"bodyTimeout": 0.5})
     with caplog.at_level(logging.WARNING, logger="connmix.http"):
         reader, writer = await connect(engine, publish()[:-3])
         status, _, body = await read_response(reader)
@@ -202,8 +195,8 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408(start, caplog):
     writer.close()
 
 
-async def test_a_body_over_16_mib_gets_413(start):
-    engine = await start()
+async def test_a_body_over_16_mib_gets_413(started):
+    engine = await started()
     size = 16 * 1024 * 1024 + 10
     reader, writer = await connect(engine)
     writer.write(f"POST /v1/mesh/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
@@ -222,8 +215,8 @@ async def test_a_body_over_16_mib_gets_413(start):
     (b"POST /v1/mesh/publish HTTP/1.1\r\nHost x\r\n\r\n", 400),
     (b"NOT HTTP AT ALL\r\n\r\n", 400),
 ])
-async def test_bad_heads_get_one_reply_and_the_port_serves_on(start, head, status, caplog):
-    engine = await start()
+async def test_bad_heads_get_one_reply_and_the_port_serves_on(started, head, status, caplog):
+    engine = await started()
     with caplog.at_level(logging.WARNING, logger="connmix.http"):
         reader, writer = await connect(engine, head)
         assert (await read_response(reader))[0] == status
@@ -235,8 +228,8 @@ async def test_bad_heads_get_one_reply_and_the_port_serves_on(start, head, statu
     writer.close()
 
 
-async def test_access_control_on_the_lean_path_and_a_reload_revoking(start):
-    engine = await start(access={"users": USERS})
+async def test_access_control_on_the_lean_path_and_a_reload_revoking(started):
+    engine = await started(access={"users": USERS})
     reader, writer = await connect(engine, publish())
     status, headers, body = await read_response(reader)
     assert (status, headers["www-authenticate"]) == (401, 'Basic realm="connmix"')
@@ -254,8 +247,8 @@ async def test_access_control_on_the_lean_path_and_a_reload_revoking(start):
     writer.close()
 
 
-async def test_each_lean_request_logs_its_debug_line(start, caplog):
-    engine = await start(access={"users": USERS})
+async def test_each_lean_request_logs_its_debug_line(started, caplog):
+    engine = await started(access={"users": USERS})
     with caplog.at_level(logging.DEBUG, logger="connmix.api"):
         reader, writer = await connect(engine, publish(Authorization=basic("writer", "pw-Writer"))
                                        + publish(Authorization=basic("viewer", "pw-Viewer")))
@@ -268,8 +261,8 @@ async def test_each_lean_request_logs_its_debug_line(start, caplog):
     assert "pw-" not in caplog.text
 
 
-async def test_over_max_connections_a_publish_gets_503(start):
-    engine = await start(api={"maxConnections": 1})
+async def test_over_max_connections_a_publish_gets_503(started):
+    engine = await started(api={"maxConnections": 1})
     first_reader, first = await connect(engine, publish())
     assert (await read_response(first_reader))[0] == 200
     reader, writer = await connect(engine, publish())
