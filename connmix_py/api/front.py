@@ -183,7 +183,8 @@ class ApiConnection(asyncio.Protocol):
         if upto == self.fed:
             return False
         if self.parser is None:
-            self.parser = HttpRequestParser(self, asyncio.get_running_loop(), 2 ** 16,
+            # Typed for aiohttp's protocols; it only keeps ours for a body we never feed it.
+            self.parser = HttpRequestParser(self, asyncio.get_running_loop(), 2 ** 16,  # type: ignore[arg-type]
                                             max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE,
                                             max_headers=MAX_HEADERS)
         try:
@@ -332,7 +333,8 @@ class ApiConnection(asyncio.Protocol):
         handler = server()
         transport = self.transport
         handler.connection_made(transport)
-        handler.over_limit = self.over_limit  # counted by us, with the lean connections
+        # http_limits' handler; counted here, with the lean connections.
+        handler.over_limit = self.over_limit  # type: ignore[attr-defined]
         transport.set_protocol(handler)
         data, self.buffer = bytes(self.buffer), bytearray()
         if self.paused:
