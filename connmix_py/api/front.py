@@ -31,7 +31,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.http_parser import HttpRequestParser
 
 from ..config import AccessSettings
-from ..eager import _Rest
+from ..eager import at_once_or_handle
 from ..servers.http_limits import HttpLimits
 from ..servers.limits import RateLimitedLog, watch_descriptors
 from . import access, request_log, requests
@@ -239,28 +239,25 @@ class ApiConnection(asyncio.Protocol):
         if verdict is not None:
             self._respond(verdict, started)
             return not self.transport.is_closing()
-        coro = answer(ACTIONS[request.path], self.front.mesh, body)
         try:  # on one node the mesh finishes without waiting: no task, no loop turn
-            waiting = coro.send(None)
-        except StopIteration as done:
-            self._respond(reply(200, done.value, _version(request), request.should_close), started)
-            return not self.transport.is_closing()
+            outcome = at_once_or_handle(answer(ACTIONS[request.path], self.front.mesh, body))
         except Exception:
-            log.exception("api: %s %s failed", request.method, request.path)
-            self._respond(self._internal_error(request), started, 500)
+            self._failed(request, started)
             return False
-        self.busy = True
-        asyncio.get_running_loop().create_task(self._finish(coro, waiting, started))
+        if isinstance(outcome, bytes):
+            self._respond(reply(200, outcome, _version(request), request.should_close), started)
+            return not self.transport.is_closing()
+        self.busy = True  # a grid node waits for its broker: later requests wait their turn
+        asyncio.get_running_loop().create_task(self._finish(outcome(), started))
         return False
 
-    async def _finish(self, coro: Any, waiting: Any, started: float) -> None:
+    async def _finish(self, rest: Awaitable[bytes], started: float) -> None:
         request = self.request
         try:
-            body = await _Rest(coro, waiting)
+            body = await rest
         except Exception:
-            log.exception("api: %s %s failed", request.method, request.path)
             self.busy = False
-            self._respond(self._internal_error(request), started, 500)
+            self._failed(request, started)
             return
         self.busy = False
         self._respond(reply(200, body, _version(request), request.should_close), started)
@@ -282,10 +279,11 @@ class ApiConnection(asyncio.Protocol):
         return reply(status, orjson.dumps({"error": message}), _version(request), request.should_close,
                      access.refusal_headers(status), "application/json; charset=utf-8")
 
-    @staticmethod
-    def _internal_error(request: Any) -> bytes:
-        return reply(500, b"500 Internal Server Error\n\nServer got itself in trouble",
-                     _version(request), True, content_type="text/plain; charset=utf-8")
+    def _failed(self, request: Any, started: float) -> None:
+        """A bug of ours: logged with its traceback, 500 (as aiohttp answers) and close."""
+        log.exception("api: %s %s failed", request.method, request.path)
+        self._respond(reply(500, b"500 Internal Server Error\n\nServer got itself in trouble",
+                            _version(request), True, content_type="text/plain; charset=utf-8"), started, 500)
 
     def _respond(self, response: bytes, started: float, status: int | None = None) -> None:
         """Send a reply to the current request; wait for the next head or close."""
