@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from .api import access, discovery, request_log
+from .api.front import ApiFront
 from .api import http as http_api
 from .api import ws as ws_api
 from .config import ConfigError, Settings, check_entries, load_settings
@@ -81,6 +82,7 @@ class Engine:
         self.private_api = private_api
         self.private_api_port: int | None = None  # once listening, with private_api
         self._api_runner: web.AppRunner | None = None
+        self._api_front: ApiFront | None = None
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task] = []
         self._undo_accept_logging: Callable[[], None] | None = None
@@ -166,18 +168,15 @@ class Engine:
         discovery.add_routes(app, api.bind, lambda: self.api_port, directory)
         add_console_routes(app, self.hub, self.metrics, self.ids.node_id)
         self._api_sessions = ws_api.add_routes(app, self.mesh, self.queues, self.ids.node_id)
-        self._api_runner = limited_runner(app, HttpLimits(api.handshake_timeout, api.max_connections,
-                                                          api.body_timeout))
+        limits = HttpLimits(api.handshake_timeout, api.max_connections, api.body_timeout)
+        self._api_runner = limited_runner(app, limits)
         await self._api_runner.setup()
-        site = web.TCPSite(self._api_runner, api.bind, api.port, backlog=1024, reuse_port=self.reuse_port)
-        await site.start()
-        if api.port == 0:
-            self.api_port = site._server.sockets[0].getsockname()[1]
+        # The front answers publish and send itself and hands aiohttp every other request.
+        self._api_front = ApiFront(self._api_runner, self.mesh, limits, lambda: self.settings.access)
+        self.api_port = await self._api_front.listen(api.bind, api.port, reuse_port=self.reuse_port)
         log.info("api server on %s:%d", api.bind, self.api_port)
         if self.private_api:
-            private = web.TCPSite(self._api_runner, api.bind, 0, backlog=1024)
-            await private.start()
-            self.private_api_port = private._server.sockets[0].getsockname()[1]
+            self.private_api_port = await self._api_front.listen(api.bind, 0)
             log.info("api server of this process alone on %s:%d", api.bind, self.private_api_port)
         if not self.settings.access.users and not access.is_loopback(api.bind):
             log.warning("api server on %s:%d has no access.users: anyone who can reach it may publish, "
@@ -232,6 +231,9 @@ class Engine:
         for server in self.servers:
             await server.stop()
         self.servers.clear()
+        if self._api_front is not None:
+            self._api_front.close()
+            self._api_front = None
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None

@@ -87,9 +87,13 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (login, password) if colon else None
 
 
+def refusal_headers(status: int) -> dict[str, str] | None:
+    """The headers a refusal adds: the basic-auth challenge of a 401."""
+    return {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'} if status == 401 else None
+
+
 def _refuse(status: int, message: str) -> web.Response:
-    headers = {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'} if status == 401 else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return web.json_response({"error": message}, status=status, headers=refusal_headers(status))
 
 
 def is_loopback(bind: str) -> bool:
@@ -102,22 +106,31 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
-async def _checked(request: web.Request, handler: Handler,
-                  users: tuple[AccessUser, ...]) -> web.StreamResponse:
-    login, user = authenticate(users, request.headers.get(hdrs.AUTHORIZATION))
-    caller = request.remote
+def check(users: tuple[AccessUser, ...], authorization: str | None, caller: str | None,
+          method: str, path: str, role: str) -> AccessUser | tuple[int, str]:
+    """The user a request is admitted as, or (status, message) refusing it
+    (logged here); the aiohttp middleware and the lean front both ask it."""
+    login, user = authenticate(users, authorization)
     if user is None:
         if login is not None:  # the password stays out of the log, always
             log.warning("api: wrong credentials for user %r from %s", login, caller)
-        return _refuse(401, "unauthorized: credentials required")
+        return 401, "unauthorized: credentials required"
     if not user.host.matches(caller):
         log.warning("api: user %r refused from %s (host %s)", user.username, caller, user.host.text)
-        return _refuse(403, f"forbidden: user {user.username!r} may not connect from {caller}")
-    role = required_role(request)
+        return 403, f"forbidden: user {user.username!r} may not connect from {caller}"
     if role not in user.roles:
-        log.warning("api: user %r lacks role %s for %s %s", user.username, role, request.method, request.path)
-        return _refuse(403, f"forbidden: user {user.username!r} lacks the {role} role")
-    request[USER] = user
+        log.warning("api: user %r lacks role %s for %s %s", user.username, role, method, path)
+        return 403, f"forbidden: user {user.username!r} lacks the {role} role"
+    return user
+
+
+async def _checked(request: web.Request, handler: Handler,
+                  users: tuple[AccessUser, ...]) -> web.StreamResponse:
+    verdict = check(users, request.headers.get(hdrs.AUTHORIZATION), request.remote,
+                    request.method, request.path, required_role(request))
+    if isinstance(verdict, tuple):
+        return _refuse(*verdict)
+    request[USER] = verdict
     return await handler(request)
 
 

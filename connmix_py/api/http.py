@@ -26,8 +26,17 @@ def _result(result: Any) -> web.Response:
     return _json({"E": None, "r": result})
 
 
-def _error(error: ApiError) -> web.Response:
-    return _json({"E": error.body()})
+async def answer(action: Callable[[Any, Any], Awaitable[Any]], mesh, body: bytes) -> bytes:
+    """The JSON reply of a POST route to its request body (the lean front in
+    front.py answers publish and send with it too)."""
+    try:
+        try:
+            params = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise invalid(f"invalid JSON body: {exc}") from None
+        return orjson.dumps({"E": None, "r": await action(mesh, params)})
+    except ApiError as error:
+        return orjson.dumps({"E": error.body()})
 
 
 def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: Metrics,
@@ -35,14 +44,7 @@ def add_routes(app: web.Application, mesh, stats: Callable[[], dict], metrics: M
     """health: more fields for /healthz (a grid node's broker state)."""
     def endpoint(action: Callable[[Any, Any], Awaitable[Any]]):
         async def handle(request: web.Request) -> web.Response:
-            try:
-                try:
-                    params = orjson.loads(await request.read())
-                except orjson.JSONDecodeError as exc:
-                    raise invalid(f"invalid JSON body: {exc}") from None
-                return _result(await action(mesh, params))
-            except ApiError as error:
-                return _error(error)
+            return web.Response(body=await answer(action, mesh, await request.read()), headers=JSON_HEADERS)
         return handle
 
     def extra() -> dict:

@@ -37,8 +37,15 @@ async def logged(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
-        credentials = basic_credentials(request.headers.get(hdrs.AUTHORIZATION))
-        user = credentials[0] if credentials else "-"
-        log.debug("api: %s %s %d %.1fms user %s from %s", request.method, request.path, status,
-                  (time.perf_counter() - started) * 1000, user, request.remote,
-                  extra={"method": request.method, "path": request.path, "status": status, "user": user})
+        log_line(request.method, request.path, status, started,
+                 request.headers.get(hdrs.AUTHORIZATION), request.remote)
+
+
+def log_line(method: str, path: str, status: int, started: float, authorization: str | None,
+             remote: str | None) -> None:
+    """The debug line of one request that began at ``started`` (perf_counter)."""
+    credentials = basic_credentials(authorization)
+    user = credentials[0] if credentials else "-"
+    log.debug("api: %s %s %d %.1fms user %s from %s", method, path, status,
+              (time.perf_counter() - started) * 1000, user, remote,
+              extra={"method": method, "path": path, "status": status, "user": user})
