@@ -282,10 +282,13 @@ def test_every_cpu_is_the_default_count(value):
 
 
 async def registered(broker: aioredis.Redis) -> list[dict]:
-    """The live registrations, as the registry's readers see them."""
+    """The live registrations, as the registry's readers see them: a record
+    claims its id before its worker listens (the shared apiServer port, no
+    servers yet), and is listed only once the worker announced itself."""
     ids = sorted(int(node) for node in await broker.smembers(NODES_SET))
     records = await broker.mget([node_key(node) for node in ids]) if ids else []
-    return [orjson.loads(record) for record in records if record is not None]
+    nodes = [orjson.loads(record) for record in records if record is not None]
+    return [node for node in nodes if node["servers"]]
 
 
 async def worker_stats(session: aiohttp.ClientSession, node: dict) -> dict:
@@ -404,8 +407,7 @@ async def test_a_consumer_given_the_shared_port_gets_the_items_of_every_worker(t
                                engine=f"broker: redis://127.0.0.1:{server.port}/0\n") as gateway,
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session):
             async with within(START_GUARD, "both workers listening"):
-                # A record claims its id before the worker listens (the shared port, no servers yet).
-                while len(nodes := [node for node in await registered(broker) if node["servers"]]) < 2:
+                while len(nodes := await registered(broker)) < 2:
                     assert gateway.proc.returncode is None, gateway.log()
                     await asyncio.sleep(0.1)
             consumer = Consumer(f"http://127.0.0.1:{gateway.api_port}", ["jobs"])
