@@ -1,6 +1,8 @@
 """Shared fixtures: real engines on real ports, real websocket/HTTP clients."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -88,9 +90,33 @@ def redis_server():
     server.stop()
 
 
+class TrackedClientWebSocket(aiohttp.ClientWebSocketResponse):
+    """A client websocket the ``session`` fixture can close before the engine stops."""
+
+    opened: list[aiohttp.ClientWebSocketResponse] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened.append(self)
+
+
+async def close_clients(clients: list[aiohttp.ClientWebSocketResponse]) -> None:
+    """Close the test's websocket clients still open, as a real client answers
+    a close: a client the test stopped reading would otherwise hold the
+    engine's stop for engine.shutdownGrace, waiting for its answer to 1001."""
+    for ws in clients:
+        if not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5)
+    clients.clear()
+
+
 @pytest.fixture
 async def session():
-    async with aiohttp.ClientSession() as s:
+    clients: list[aiohttp.ClientWebSocketResponse] = []
+    tracked = type("Tracked", (TrackedClientWebSocket,), {"opened": clients})
+    async with aiohttp.ClientSession(ws_response_class=tracked) as s:
+        s.test_clients = clients  # type: ignore[attr-defined]
         yield s
 
 
@@ -109,6 +135,7 @@ async def start_engine(tmp_path, session):
         return Running(engine, session, conf["engine"]["servers"][0]["options"][0]["value"])
 
     yield start
+    await close_clients(session.test_clients)
     for engine in engines:
         await engine.stop()
 

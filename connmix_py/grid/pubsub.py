@@ -22,7 +22,7 @@ import random
 from collections import deque
 
 from .broker_url import BrokerUrl
-from .resp import CONNECT_TIMEOUT, RespConnection, RespError
+from .resp import CONNECT_TIMEOUT, RespConnection, RespError, keep_alive
 from .transport import BrokerDown, MessageHandler, StateHandler
 
 log = logging.getLogger("connmix.grid")
@@ -65,7 +65,6 @@ class RedisPubSub:
         self._publisher: RespConnection | None = None
         self._replies: deque[asyncio.Future[int]] = deque()
         self._task: asyncio.Task | None = None
-        self._last_read = 0.0  # loop time of the subscriber connection's last reply
         self.up = False
 
     # -- lifetime ----------------------------------------------------------------------
@@ -140,7 +139,7 @@ class RedisPubSub:
         """Read both connections until one is lost; why it was."""
         assert self._subscriber is not None and self._publisher is not None
         readers = [asyncio.create_task(self._read_messages(self._subscriber)),
-                   asyncio.create_task(self._keepalive(self._subscriber)),
+                   asyncio.create_task(keep_alive(self._subscriber, KEEPALIVE_SECONDS)),
                    asyncio.create_task(self._read_replies(self._publisher))]
         try:
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
@@ -172,22 +171,12 @@ class RedisPubSub:
                 log.warning("broker %s refused a subscription: %s", self.url.display, exc)
                 continue
             finally:
-                self._last_read = loop.time()
+                conn.last_read = loop.time()
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 try:
                     self.on_message(reply[1], reply[2])
                 except Exception:
                     log.exception("broker message on %r", reply[1])
-
-    async def _keepalive(self, conn: RespConnection) -> None:
-        """PING the subscriber connection; two silent periods mean the broker is gone."""
-        loop = asyncio.get_running_loop()
-        self._last_read = loop.time()
-        while True:
-            await asyncio.sleep(KEEPALIVE_SECONDS)
-            if loop.time() - self._last_read > 2 * KEEPALIVE_SECONDS:
-                raise ConnectionError("the broker stopped answering")
-            conn.write(("PING",))
 
     async def _read_replies(self, conn: RespConnection) -> None:
         while True:

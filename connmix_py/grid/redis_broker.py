@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..conn import PayloadError
@@ -120,18 +121,10 @@ class RedisBroker:
         return delivered + tally.delivered, failed + tally.failed
 
     async def send(self, client_id: str, data: bytes, binary: bool) -> bool:
-        node = self._remote_node(client_id)
-        if node is None:
-            return False
-        request = next(self._requests)
-        return await self._ask(node, request, wire.send(self.node_id, request, client_id, data, binary))
+        return await self._ask(client_id, lambda request: wire.send(self.node_id, request, client_id, data, binary))
 
     async def call(self, client_id: str, name: str, argument: Any) -> bool:
-        node = self._remote_node(client_id)
-        if node is None:
-            return False
-        request = next(self._requests)
-        return await self._ask(node, request, wire.call(self.node_id, request, client_id, name, argument))
+        return await self._ask(client_id, lambda request: wire.call(self.node_id, request, client_id, name, argument))
 
     def _remote_node(self, client_id: str) -> int | None:
         """The other node holding client_id; None when it would be this one (the
@@ -139,10 +132,16 @@ class RedisBroker:
         node = node_of(client_id)
         return node if node is not None and node != self.node_id and self.up else None
 
-    async def _ask(self, node: int, request: int, envelope: bytes) -> bool:
+    async def _ask(self, client_id: str, envelope: Callable[[int], bytes]) -> bool:
+        """Put ``envelope(request id)`` in the inbox of the node holding client_id
+        and wait for its answer: did the client take it?"""
+        node = self._remote_node(client_id)
+        if node is None:
+            return False
+        request = next(self._requests)
         answer = self._replies[request] = asyncio.get_running_loop().create_future()
         try:
-            if await self.transport.publish(node_inbox(node), envelope) == 0:
+            if await self.transport.publish(node_inbox(node), envelope(request)) == 0:
                 return False  # no such node (any more): no waiting for a timeout
             async with asyncio.timeout(REPLY_TIMEOUT):
                 return await answer

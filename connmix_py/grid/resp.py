@@ -48,6 +48,7 @@ class RespConnection:
         self.reader, self.writer = reader, writer
         self._pending: list[bytes] = []
         self._flush_scheduled = False
+        self.last_read = 0.0  # loop time of the last reply its reader took (for keep_alive)
 
     @classmethod
     async def open(cls, url: BrokerUrl) -> RespConnection:
@@ -121,3 +122,16 @@ class RespConnection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def keep_alive(conn: RespConnection, period: float) -> None:
+    """PING a connection every ``period``; its reader sets ``last_read`` at each
+    reply. Raises ConnectionError after two silent periods: a broker that hangs
+    without closing the socket."""
+    loop = asyncio.get_running_loop()
+    conn.last_read = loop.time()
+    while True:
+        await asyncio.sleep(period)
+        if loop.time() - conn.last_read > 2 * period:
+            raise ConnectionError("the broker stopped answering PING")
+        conn.write(("PING",))

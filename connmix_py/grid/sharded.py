@@ -29,7 +29,7 @@ from redis.crc import key_slot
 
 from connmix_py.grid.broker_url import BrokerUrl
 from connmix_py.grid.pubsub import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, KEEPALIVE_SECONDS
-from connmix_py.grid.resp import CONNECT_TIMEOUT, RespConnection, RespError
+from connmix_py.grid.resp import CONNECT_TIMEOUT, RespConnection, RespError, keep_alive
 from connmix_py.grid.transport import BrokerDown, MessageHandler, StateHandler
 
 log = logging.getLogger("connmix.grid")
@@ -78,7 +78,6 @@ class _Shard:
     subscriber: RespConnection | None = None
     publisher: RespConnection | None = None
     up: bool = False  # connected and every wanted topic confirmed once
-    last_read: float = 0.0  # loop time of the subscriber connection's last reply
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -316,11 +315,12 @@ class ShardedPubSub:
                     await self._connect(shard)
                 connected = False
                 attempt = 0
+                assert shard.subscriber is not None
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._read_messages(shard))
                     group.create_task(self._read_replies(shard))
                     group.create_task(self._flush_loop(shard))
-                    group.create_task(self._keepalive(shard))
+                    group.create_task(keep_alive(shard.subscriber, KEEPALIVE_SECONDS))
             except* CONNECTION_ERRORS as failure:
                 why = str(failure.exceptions[0]) or type(failure.exceptions[0]).__name__
                 await self._disconnect(shard, why)
@@ -396,19 +396,6 @@ class ShardedPubSub:
         if commands and shard.subscriber is not None:
             shard.subscriber.write(*commands)
 
-    async def _keepalive(self, shard: _Shard) -> None:
-        """PING the subscriber connection when it is quiet: a master that hangs
-        without closing the socket is noticed within 2-3 KEEPALIVE_SECONDS."""
-        connection = shard.subscriber
-        assert connection is not None
-        loop = asyncio.get_running_loop()
-        shard.last_read = loop.time()
-        while True:
-            await asyncio.sleep(KEEPALIVE_SECONDS)
-            if loop.time() - shard.last_read > 2 * KEEPALIVE_SECONDS:
-                raise BrokerDown("no answer to PING")
-            connection.write(("PING",))
-
     async def _read_messages(self, shard: _Shard) -> None:
         connection = shard.subscriber
         assert connection is not None
@@ -420,7 +407,7 @@ class ShardedPubSub:
                 self._command_failed(shard, error)
                 continue
             finally:
-                shard.last_read = loop.time()
+                connection.last_read = loop.time()
             kind = reply[0]
             if kind == b"smessage":
                 try:

@@ -56,7 +56,7 @@ LOST = "connection lost"  # how every reason for a socket gone without a close b
 LOST_WITHOUT_CLOSE = f"{LOST}: closed by the client without a close frame"
 # Seconds a close the server sent waits for the client's close frame.
 CLOSE_TIMEOUT = 10.0
-# Seconds stop() lets connections finish their close and on_close before aborting them.
+# Seconds stop() lets closing sockets flush and their on_close finish before aborting them.
 SHUTDOWN_GRACE = 2.0
 # Request head bounds (aiohttp's defaults, as on the API port).
 MAX_LINE_SIZE = 8190
@@ -157,6 +157,10 @@ class WebSocketServer:
             conn.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def stop(self) -> None:
+        """The engine's last step, after engine.shutdownGrace: the client's
+        answer to our 1001 is not awaited any longer; what is queued (the
+        1001) is flushed and the socket closed, and SHUTDOWN_GRACE bounds
+        that flush and the on_close runs before the rest is aborted."""
         if self._sweeper:
             self._sweeper.cancel()
         await self.stop_accepting()
@@ -164,6 +168,8 @@ class WebSocketServer:
         for session in list(self.sessions):
             if session.reader is None:  # not upgraded: nothing to say
                 session.transport.abort()
+            else:
+                session.transport.close()
         if not await self._drained(SHUTDOWN_GRACE):
             for session in list(self.sessions):
                 session.transport.abort()
