@@ -111,6 +111,12 @@ async def close_clients(clients: list[aiohttp.ClientWebSocketResponse]) -> None:
     clients.clear()
 
 
+async def stop_engine(engine: Engine, session: aiohttp.ClientSession) -> None:
+    """A fixture's teardown: the session's clients close first, then the engine stops."""
+    await close_clients(session.test_clients)  # type: ignore[attr-defined]
+    await engine.stop()
+
+
 @pytest.fixture
 async def session():
     clients: list[aiohttp.ClientWebSocketResponse] = []
@@ -135,9 +141,8 @@ async def start_engine(tmp_path, session):
         return Running(engine, session, conf["engine"]["servers"][0]["options"][0]["value"])
 
     yield start
-    await close_clients(session.test_clients)
     for engine in engines:
-        await engine.stop()
+        await stop_engine(engine, session)
 
 
 # Where the article's Lua (and the example's) calls the auth API.

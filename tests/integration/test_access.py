@@ -18,7 +18,7 @@ from connmix_py import Engine, parse_settings
 from connmix_py.client import AccessDenied, AsyncClient, Client, Consumer, TransportError
 from connmix_py.config import AccessSettings
 from tests.api_helpers import SCRIPT, call, client_id, error_code, push, send_op
-from tests.conftest import engine_config
+from tests.conftest import engine_config, stop_engine
 from tests.helpers import assert_silent, receive_json
 
 USERS = [
@@ -84,7 +84,7 @@ async def start_guarded(tmp_path, session, users=USERS, bind="127.0.0.1") -> Gua
 async def guarded(tmp_path, session):
     running = await start_guarded(tmp_path, session)
     yield running
-    await running.engine.stop()
+    await stop_engine(running.engine, session)
 
 
 PUBLISH = ("/v1/mesh/publish", {"c": "news", "d": "forged"})

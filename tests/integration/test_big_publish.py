@@ -12,7 +12,7 @@ import pytest
 
 from connmix_py import Engine, parse_settings
 from connmix_py.config import ConfigError
-from tests.conftest import Running, engine_config
+from tests.conftest import Running, engine_config, stop_engine
 from tests.helpers import assert_silent
 from tests.integration.test_rfc6455 import SCRIPT, close_reason, watcher
 from tests.integration.test_websocket_server import non_reading_subscriber
@@ -81,7 +81,7 @@ async def limited(tmp_path, session):
     engine = Engine(parse_settings(conf, base_dir=str(tmp_path)))
     await engine.start()
     yield Running(engine, session, "/ws")
-    await engine.stop()
+    await stop_engine(engine, session)
 
 
 async def subscribed(running) -> tuple[aiohttp.ClientWebSocketResponse, str]:

@@ -373,6 +373,7 @@ async def test_stop_closes_clients_with_1001(start_engine):
     ws = await running.connect()
     await ws.send_str("x")
     await ws.receive(timeout=5)
+    closed = asyncio.ensure_future(ws.receive(timeout=5))  # reading, the client answers the close
     await running.engine.stop()
-    msg = await ws.receive(timeout=5)
+    msg = await closed
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
