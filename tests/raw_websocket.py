@@ -120,7 +120,8 @@ class RawWebSocket:
             elif size == 127:
                 size = struct.unpack("!Q", await self._read_exactly(8))[0]
             return first & 0x0F, await self._read_exactly(size)
-        return await asyncio.wait_for(read(), timeout)
+        async with within(timeout, "the server's next frame"):
+            return await read()
 
     async def send_until_stalled(self, data: bytes, quiet: float = 1.0) -> int:
         """Send what the server takes of ``data``; stop when all is sent or the

@@ -24,6 +24,7 @@ BULK = client_frame(b"bulk" + b"b" * 65532, OP_BINARY) * 512  # 32 MiB
 
 SCRIPT = """
 local backend = "%s"
+waiting = 0  -- callbacks in a wait_context_value
 close_holds = {}
 bulk = {}
 
@@ -54,7 +55,9 @@ function on_message(msg)
         c:send("held:" .. mix.http.request("GET", backend .. hold).body)
     elseif key then
         c:send("waiting")
+        waiting = waiting + 1
         local v = c:wait_context_value(key)
+        waiting = waiting - 1
         mix.queue.push("ended", v == nil and "nil" or v)
     elseif data == "hold-on-close" then
         close_holds[c:client_id()] = true
@@ -71,6 +74,7 @@ function on_message(msg)
 end
 
 function on_close(client_id, err)
+    mix.queue.push("waiting at on_close", tostring(waiting))  -- the waits end first
     if close_holds[client_id] then
         mix.queue.push("after-wait", mix.http.request("GET", backend .. "on-close").body)
     end
@@ -84,7 +88,8 @@ async def start(start_engine, held):
 
 
 async def text(ws) -> str:
-    msg = await ws.receive(timeout=GUARD)
+    async with within(GUARD, "the next text frame"):
+        msg = await ws.receive()
     assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
     return msg.data
 
@@ -93,7 +98,8 @@ async def read_by_server(ws) -> None:
     """Return once the server has read every frame sent before: a ping sent
     after them is answered in stream order (nothing else may arrive)."""
     await ws.ping(b"sync")
-    msg = await ws.receive(timeout=GUARD)
+    async with within(GUARD, "the pong: the server reads while a callback waits"):
+        msg = await ws.receive()
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"sync"), msg
 
 
@@ -143,6 +149,7 @@ async def test_a_client_leaving_while_its_callback_waits_ends_the_wait(start_eng
     assert await text(ws) == "waiting"  # the wait has begun: leaving must end it
     await ws.close()
     await eventually(lambda: queues.size("closed"), "on_close after a client left mid-wait")
+    assert queues.pop("waiting at on_close") == "0"
     assert queues.pop("ended") == "nil"
     assert queues.pop("closed") == "clean"
     await eventually(lambda: running.engine.stats()["connections"] == 0, "the connection leaves the hub")
@@ -202,7 +209,8 @@ async def test_a_flood_in_one_read_pauses_reading_and_what_follows_waits_its_tur
     await raw.assert_silent()  # the pong waits behind the flood
     await echo_round_trip(running)
     held.release("flood")
-    await raw.send_bytes(BULK[sent:] + client_frame(b"count?"))
+    async with within(GUARD, "the server to read again"):
+        await raw.send_bytes(BULK[sent:] + client_frame(b"count?"))
     async with within(GUARD, "the replies once the wait ended"):
         got = [await raw.read_frame(GUARD) for _ in range(len(flood) + 4)]
     assert got == ([(OP_TEXT, b"held:flood")] + [(OP_TEXT, f) for f in flood]
@@ -221,7 +229,8 @@ async def test_input_during_a_waiting_on_handshake_pauses_reading_and_is_handled
     assert sent < len(BULK), "the server kept reading while on_handshake waited"
     await echo_round_trip(running)
     held.release("handshake")
-    await raw.send_bytes(BULK[sent:] + client_frame(b"count?"))
+    async with within(GUARD, "the server to read again"):
+        await raw.send_bytes(BULK[sent:] + client_frame(b"count?"))
     assert (await raw.read_head())[0] == 101
     assert await raw.read_frame(GUARD) == (OP_TEXT, b"bulk:512")
 
