@@ -62,6 +62,8 @@ function on_message(msg)
     elseif data == "hold-on-close" then
         close_holds[c:client_id()] = true
         c:send("armed")
+    elseif data:sub(1, 5) == "push:" then
+        mix.queue.push("pushed", data:sub(6))
     elseif data == "count?" then
         c:send("bulk:" .. (bulk[c:client_id()] or 0))
     elseif data == "close" then
@@ -247,6 +249,37 @@ async def test_a_client_that_never_answers_the_close_is_closed_after_close_timeo
             pass
     await eventually(lambda: queues.size("closed"), "on_close after the close timed out")
     assert queues.pop("closed") == "clean"  # the script closed it
+    raw.drop()
+
+
+async def test_frames_queued_behind_a_close_by_the_server_are_dropped(start_engine, held):
+    running = await start(start_engine, held)
+    queues = running.engine.queues
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_text("hold:a")
+    await held.arrived("a")
+    await raw.send_bytes(client_frame(b"close") + client_frame(b"push:late") + client_frame(b"sync", OP_PING))
+    assert await raw.read_frame() == (OP_PONG, b"sync")  # both frames are queued
+    held.release("a")
+    assert await raw.read_frame() == (OP_TEXT, b"held:a")
+    assert await raw.read_frame() == (OP_CLOSE, struct.pack("!H", 1000))
+    await raw.send_frame(struct.pack("!H", 1000), OP_CLOSE)
+    await eventually(lambda: queues.size("closed"), "on_close after the script closed")
+    assert queues.size("pushed") == 0, "a frame queued behind conn:close() was handled"
+    raw.drop()
+
+
+async def test_frames_a_client_sent_before_its_close_are_still_handled(start_engine, held):
+    running = await start(start_engine, held)
+    queues = running.engine.queues
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_text("hold:a")
+    await held.arrived("a")
+    await raw.send_bytes(client_frame(b"push:early") + client_frame(struct.pack("!H", 1000), OP_CLOSE))
+    assert await raw.read_frame() == (OP_CLOSE, struct.pack("!H", 1000))  # answered while a callback waits
+    held.release("a")
+    await eventually(lambda: queues.size("closed"), "on_close after the client closed")
+    assert queues.pop("pushed") == "early"
     raw.drop()
 
 
