@@ -196,14 +196,20 @@ async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(
     assert frames == ["held:flood"] + flood
 
 
+async def raw_client_waiting(start_engine, held, name: str) -> tuple:
+    """(running, raw): a raw client whose callback waits for the held ``name``."""
+    running = await start(start_engine, held)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_text(f"hold:{name}")
+    await held.arrived(name)
+    return running, raw
+
+
 async def test_a_flood_in_one_read_pauses_reading_and_what_follows_waits_its_turn(start_engine, held):
     """The frame that fills the inbox (MAX_INBOX) pauses reading: the client's
     sends stall once the kernel buffers are full, a ping read after that frame
     is answered in its turn, and nothing is lost or reordered."""
-    running = await start(start_engine, held)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_text("hold:flood")
-    await held.arrived("flood")
+    running, raw = await raw_client_waiting(start_engine, held, "flood")
     flood = [b"f%d" % i for i in range(websocket.MAX_INBOX)]
     await raw.send_bytes(b"".join(map(client_frame, flood)) + client_frame(b"p", OP_PING) + client_frame(b"after"))
     sent = await raw.send_until_stalled(BULK)
@@ -253,11 +259,8 @@ async def test_a_client_that_never_answers_the_close_is_closed_after_close_timeo
 
 
 async def test_frames_queued_behind_a_close_by_the_server_are_dropped(start_engine, held):
-    running = await start(start_engine, held)
+    running, raw = await raw_client_waiting(start_engine, held, "a")
     queues = running.engine.queues
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_text("hold:a")
-    await held.arrived("a")
     await raw.send_bytes(client_frame(b"close") + client_frame(b"push:late") + client_frame(b"sync", OP_PING))
     assert await raw.read_frame() == (OP_PONG, b"sync")  # both frames are queued
     held.release("a")
@@ -270,11 +273,8 @@ async def test_frames_queued_behind_a_close_by_the_server_are_dropped(start_engi
 
 
 async def test_frames_a_client_sent_before_its_close_are_still_handled(start_engine, held):
-    running = await start(start_engine, held)
+    running, raw = await raw_client_waiting(start_engine, held, "a")
     queues = running.engine.queues
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_text("hold:a")
-    await held.arrived("a")
     await raw.send_bytes(client_frame(b"push:early") + client_frame(struct.pack("!H", 1000), OP_CLOSE))
     assert await raw.read_frame() == (OP_CLOSE, struct.pack("!H", 1000))  # answered while a callback waits
     held.release("a")
