@@ -14,6 +14,8 @@ from collections import defaultdict
 import pytest
 from aiohttp import web
 
+from tests.waiting import within
+
 # A hang guard: how long a test waits for an event that must happen.
 GUARD = 10
 
@@ -29,7 +31,8 @@ class HeldBackend:
         return f"http://127.0.0.1:{self.port}/hold/{name}"
 
     async def arrived(self, name: str) -> None:
-        await asyncio.wait_for(self._arrived[name].wait(), GUARD)
+        async with within(GUARD, f"the held backend to get request {name!r}"):
+            await self._arrived[name].wait()
 
     def release(self, name: str) -> None:
         self._released[name].set()

@@ -16,6 +16,9 @@ import struct
 
 from tests.waiting import within
 
+# Offset of tcpi_data_segs_in in Linux's struct tcp_info (since Linux 4.6).
+_TCPI_DATA_SEGS_IN = 152
+
 
 def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, masked: bool = True) -> bytes:
     """A client frame's bytes; masked=False breaks RFC 6455 5.1 on purpose."""
@@ -62,11 +65,21 @@ class RawWebSocket:
                         version: str = "13", then: bytes = b"") -> tuple[int, bytes]:
         """Send the upgrade request, and ``then`` in the same write (frames
         that arrive before the upgrade is answered); (status, response head)."""
-        key = base64.b64encode(os.urandom(16)).decode()
+        await self.send_upgrade_request(path, headers, version, then)
+        return await self.read_head()
+
+    async def send_upgrade_request(self, path: str, headers: dict[str, str] | None = None,
+                                   version: str = "13", then: bytes = b"",
+                                   key: str | None = None) -> None:
+        """The upgrade request (with a random Sec-WebSocket-Key unless given), and ``then``."""
+        key = key or base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {version}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         await self.loop.sock_sendall(self.sock, ("\r\n".join(lines) + "\r\n\r\n").encode() + then)
+
+    async def read_head(self) -> tuple[int, bytes]:
+        """(status, response head) of the answer to the upgrade request."""
         async with within(10, "the answer to the upgrade request"):
             while b"\r\n\r\n" not in self.buffer:
                 chunk = await self.loop.sock_recv(self.sock, 4096)
@@ -107,7 +120,39 @@ class RawWebSocket:
             elif size == 127:
                 size = struct.unpack("!Q", await self._read_exactly(8))[0]
             return first & 0x0F, await self._read_exactly(size)
-        return await asyncio.wait_for(read(), timeout)
+        async with within(timeout, "the server's next frame"):
+            return await read()
+
+    async def send_until_stalled(self, data: bytes, quiet: float = 1.0) -> int:
+        """Send what the server takes of ``data``; stop when all is sent or the
+        socket took nothing for ``quiet`` seconds (the server stopped reading
+        and the kernel buffers are full). The number of bytes sent."""
+        sent, view = 0, memoryview(data)
+        last_progress = self.loop.time()
+        while sent < len(data):
+            try:
+                sent += self.sock.send(view[sent:sent + 65536])
+                last_progress = self.loop.time()
+            except BlockingIOError:
+                if self.loop.time() - last_progress > quiet:
+                    break
+                await asyncio.sleep(0.01)
+        return sent
+
+    async def assert_silent(self, wait: float = 0.5) -> None:
+        """Nothing arrives within ``wait`` seconds."""
+        assert not self.buffer, f"expected silence, got {self.buffer[:80]!r}"
+        try:
+            frame = await asyncio.wait_for(self.loop.sock_recv(self.sock, 65536), wait)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"expected silence, got {frame[:80]!r}")
+
+    def data_segments_in(self) -> int:
+        """Segments with data this socket received so far (Linux TCP_INFO's
+        tcpi_data_segs_in): how many writes the server's bytes came in."""
+        info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        return struct.unpack_from("I", info, _TCPI_DATA_SEGS_IN)[0]
 
     def drop(self) -> None:
         """Close the TCP connection without a close frame."""

@@ -7,6 +7,8 @@ import struct
 
 import pytest
 
+from tests.waiting import within
+
 TIMEOUT = 5
 
 
@@ -31,10 +33,12 @@ class TcpClient:
         await self.send(packet(body))
 
     async def recv_exactly(self, n: int) -> bytes:
-        return await asyncio.wait_for(self.reader.readexactly(n), TIMEOUT)
+        async with within(TIMEOUT, f"{n} bytes from the server"):
+            return await self.reader.readexactly(n)
 
     async def recv_line(self) -> str:
-        line = await asyncio.wait_for(self.reader.readuntil(b"\n"), TIMEOUT)
+        async with within(TIMEOUT, "a line from the server"):
+            line = await self.reader.readuntil(b"\n")
         return line[:-1].decode()
 
     async def recv_packet(self) -> bytes:

@@ -16,6 +16,7 @@ from tests.tcp_client import TcpClient
 # Newline framing; on_message commands. "q ..." lines are counted, not answered.
 SCRIPT = """
 local backend = "%s"
+waiting = 0  -- callbacks in a wait_context_value
 quiet = 0
 
 function protocol_input(buf, c)
@@ -33,7 +34,9 @@ function on_message(line, c)
         c:send("held:" .. mix.http.request("GET", backend .. hold).body .. "\\n")
     elseif line == "wait" then
         c:send("waiting\\n")
+        waiting = waiting + 1
         local v = c:wait_context_value("never")
+        waiting = waiting - 1
         mix.queue.push("ended", v == nil and "nil" or v)
     elseif line == "quiet" then
         c:send("quiet " .. quiet .. "\\n")
@@ -50,6 +53,7 @@ function on_message(line, c)
 end
 
 function on_close(client_id, err, c)
+    mix.queue.push("waiting at on_close", tostring(waiting))  -- the waits end first
     mix.queue.push("closed", err or "clean")
 end
 """
@@ -93,6 +97,7 @@ async def test_a_client_leaving_while_on_message_waits_ends_the_wait(start_engin
                                                       struct.pack("ii", 1, 0))
     client.writer.transport.abort()
     await eventually(lambda: queues.size("closed"), "on_close after a client left mid-wait")
+    assert queues.pop("waiting at on_close") == "0"
     assert queues.pop("ended") == "nil"
     await eventually(lambda: running.engine.stats()["connections"] == 0, "the connection leaves the hub")
 

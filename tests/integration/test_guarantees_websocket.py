@@ -2,19 +2,36 @@
 unnoticed (issue 14): per-connection order behind a waiting callback, a
 client leaving mid-wait, on_close that waits, the inbox flood back-pressure
 and the cap on frames queued before the upgrade. Each test proves its point
-by the order of events, with a held backend where something must wait."""
+by the order of events, with a held backend where something must wait.
+Since the transport rewrite (issue 12): reading pauses when the inbox fills
+and while on_handshake waits (the kernel buffers fill, the client's sends
+stall), and a close the client never answers ends after CLOSE_TIMEOUT."""
 from __future__ import annotations
+
+import struct
 
 import aiohttp
 
+from connmix_py.servers import websocket
 from tests.held_backend import GUARD, eventually, held_fixture  # noqa: F401 (the held fixture)
 from tests.helpers import assert_silent
+from tests.raw_websocket import RawWebSocket, client_frame
+from tests.waiting import within
+
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+# Far more than the server's socket and ours buffer (a stalled send proves reading paused).
+BULK = client_frame(b"bulk" + b"b" * 65532, OP_BINARY) * 512  # 32 MiB
 
 SCRIPT = """
 local backend = "%s"
+waiting = 0  -- callbacks in a wait_context_value
 close_holds = {}
+bulk = {}
 
 function on_handshake(client_id, headers, server)
+    if server.RequestUri:find("hold=", 1, true) then  -- on_handshake waits
+        mix.http.request("GET", backend .. server.RequestUri:match("hold=(%%w+)"))
+    end
     -- Frames sent before the upgrade wait in the connection; refused ones count.
     if server.RequestUri:find("early=", 1, true) then
         local n = tonumber(server.RequestUri:match("early=(%%d+)"))
@@ -28,17 +45,29 @@ end
 
 function on_message(msg)
     local c, data = mix.websocket(), msg.data
+    if data:sub(1, 4) == "bulk" then  -- counted, not answered
+        bulk[c:client_id()] = (bulk[c:client_id()] or 0) + 1
+        return
+    end
     local hold = data:match("^hold:(.+)$")
     local key = data:match("^wait:(.+)$")
     if hold then
         c:send("held:" .. mix.http.request("GET", backend .. hold).body)
     elseif key then
         c:send("waiting")
+        waiting = waiting + 1
         local v = c:wait_context_value(key)
+        waiting = waiting - 1
         mix.queue.push("ended", v == nil and "nil" or v)
     elseif data == "hold-on-close" then
         close_holds[c:client_id()] = true
         c:send("armed")
+    elseif data:sub(1, 5) == "push:" then
+        mix.queue.push("pushed", data:sub(6))
+    elseif data == "count?" then
+        c:send("bulk:" .. (bulk[c:client_id()] or 0))
+    elseif data == "close" then
+        c:close()
     elseif data == "accepted" then
         c:send("accepted:" .. c:context_value("accepted"))
     else
@@ -47,6 +76,7 @@ function on_message(msg)
 end
 
 function on_close(client_id, err)
+    mix.queue.push("waiting at on_close", tostring(waiting))  -- the waits end first
     if close_holds[client_id] then
         mix.queue.push("after-wait", mix.http.request("GET", backend .. "on-close").body)
     end
@@ -60,7 +90,8 @@ async def start(start_engine, held):
 
 
 async def text(ws) -> str:
-    msg = await ws.receive(timeout=GUARD)
+    async with within(GUARD, "the next text frame"):
+        msg = await ws.receive()
     assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg!r}"
     return msg.data
 
@@ -69,7 +100,8 @@ async def read_by_server(ws) -> None:
     """Return once the server has read every frame sent before: a ping sent
     after them is answered in stream order (nothing else may arrive)."""
     await ws.ping(b"sync")
-    msg = await ws.receive(timeout=GUARD)
+    async with within(GUARD, "the pong: the server reads while a callback waits"):
+        msg = await ws.receive()
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"sync"), msg
 
 
@@ -119,6 +151,7 @@ async def test_a_client_leaving_while_its_callback_waits_ends_the_wait(start_eng
     assert await text(ws) == "waiting"  # the wait has begun: leaving must end it
     await ws.close()
     await eventually(lambda: queues.size("closed"), "on_close after a client left mid-wait")
+    assert queues.pop("waiting at on_close") == "0"
     assert queues.pop("ended") == "nil"
     assert queues.pop("closed") == "clean"
     await eventually(lambda: running.engine.stats()["connections"] == 0, "the connection leaves the hub")
@@ -161,6 +194,93 @@ async def test_a_flood_behind_a_waiting_callback_pauses_reading_and_keeps_order(
         assert msg.type is aiohttp.WSMsgType.TEXT, msg
         frames.append(msg.data)
     assert frames == ["held:flood"] + flood
+
+
+async def raw_client_waiting(start_engine, held, name: str) -> tuple:
+    """(running, raw): a raw client whose callback waits for the held ``name``."""
+    running = await start(start_engine, held)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_text(f"hold:{name}")
+    await held.arrived(name)
+    return running, raw
+
+
+async def test_a_flood_in_one_read_pauses_reading_and_what_follows_waits_its_turn(start_engine, held):
+    """The frame that fills the inbox (MAX_INBOX) pauses reading: the client's
+    sends stall once the kernel buffers are full, a ping read after that frame
+    is answered in its turn, and nothing is lost or reordered."""
+    running, raw = await raw_client_waiting(start_engine, held, "flood")
+    flood = [b"f%d" % i for i in range(websocket.MAX_INBOX)]
+    await raw.send_bytes(b"".join(map(client_frame, flood)) + client_frame(b"p", OP_PING) + client_frame(b"after"))
+    sent = await raw.send_until_stalled(BULK)
+    assert sent < len(BULK), "the server kept reading a client whose inbox is full"
+    await raw.assert_silent()  # the pong waits behind the flood
+    await echo_round_trip(running)
+    held.release("flood")
+    async with within(GUARD, "the server to read again"):
+        await raw.send_bytes(BULK[sent:] + client_frame(b"count?"))
+    async with within(GUARD, "the replies once the wait ended"):
+        got = [await raw.read_frame(GUARD) for _ in range(len(flood) + 4)]
+    assert got == ([(OP_TEXT, b"held:flood")] + [(OP_TEXT, f) for f in flood]
+                   + [(OP_PONG, b"p"), (OP_TEXT, b"after"), (OP_TEXT, b"bulk:512")])
+
+
+async def test_input_during_a_waiting_on_handshake_pauses_reading_and_is_handled_after(start_engine, held):
+    """Frames sent right behind the upgrade request while on_handshake waits
+    are held up to MAX_EARLY_INPUT, then reading pauses; after the 101 they
+    are all handled."""
+    running = await start(start_engine, held)
+    raw = await RawWebSocket.open(running.engine.server_port())
+    await raw.send_upgrade_request(running.path + "?hold=handshake")
+    await held.arrived("handshake")
+    sent = await raw.send_until_stalled(BULK)
+    assert sent < len(BULK), "the server kept reading while on_handshake waited"
+    await echo_round_trip(running)
+    held.release("handshake")
+    async with within(GUARD, "the server to read again"):
+        await raw.send_bytes(BULK[sent:] + client_frame(b"count?"))
+    assert (await raw.read_head())[0] == 101
+    assert await raw.read_frame(GUARD) == (OP_TEXT, b"bulk:512")
+
+
+async def test_a_client_that_never_answers_the_close_is_closed_after_close_timeout(start_engine, held, monkeypatch):
+    monkeypatch.setattr(websocket, "CLOSE_TIMEOUT", 1.0)  # the default 10 s would only slow the test
+    running = await start(start_engine, held)
+    queues = running.engine.queues
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_text("close")
+    assert await raw.read_frame() == (OP_CLOSE, struct.pack("!H", 1000))
+    async with within(GUARD, "the server to close a socket whose close was never answered"):
+        while await raw.loop.sock_recv(raw.sock, 4096):
+            pass
+    await eventually(lambda: queues.size("closed"), "on_close after the close timed out")
+    assert queues.pop("closed") == "clean"  # the script closed it
+    raw.drop()
+
+
+async def test_frames_queued_behind_a_close_by_the_server_are_dropped(start_engine, held):
+    running, raw = await raw_client_waiting(start_engine, held, "a")
+    queues = running.engine.queues
+    await raw.send_bytes(client_frame(b"close") + client_frame(b"push:late") + client_frame(b"sync", OP_PING))
+    assert await raw.read_frame() == (OP_PONG, b"sync")  # both frames are queued
+    held.release("a")
+    assert await raw.read_frame() == (OP_TEXT, b"held:a")
+    assert await raw.read_frame() == (OP_CLOSE, struct.pack("!H", 1000))
+    await raw.send_frame(struct.pack("!H", 1000), OP_CLOSE)
+    await eventually(lambda: queues.size("closed"), "on_close after the script closed")
+    assert queues.size("pushed") == 0, "a frame queued behind conn:close() was handled"
+    raw.drop()
+
+
+async def test_frames_a_client_sent_before_its_close_are_still_handled(start_engine, held):
+    running, raw = await raw_client_waiting(start_engine, held, "a")
+    queues = running.engine.queues
+    await raw.send_bytes(client_frame(b"push:early") + client_frame(struct.pack("!H", 1000), OP_CLOSE))
+    assert await raw.read_frame() == (OP_CLOSE, struct.pack("!H", 1000))  # answered while a callback waits
+    held.release("a")
+    await eventually(lambda: queues.size("closed"), "on_close after the client closed")
+    assert queues.pop("pushed") == "early"
+    raw.drop()
 
 
 async def test_frames_sent_before_the_upgrade_are_capped_and_sent_in_order(start_engine, held):

@@ -175,6 +175,18 @@ async def test_a_websocket_version_other_than_13_is_426_naming_13(start_engine, 
     await assert_served(running)
 
 
+async def test_the_101_answers_the_rfcs_sample_key(start_engine):
+    running = await start_engine(SCRIPT)
+    raw = await RawWebSocket.open(running.engine.server_port())
+    await raw.send_upgrade_request(running.path, key="dGhlIHNhbXBsZSBub25jZQ==")  # RFC 6455 1.3
+    status, head = await raw.read_head()
+    assert status == 101
+    assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    await raw.send_frame(b"hi")
+    assert await raw.read_frame() == (OP_TEXT, b"echo hi")
+    raw.drop()
+
+
 @pytest.mark.parametrize("code", [1006, 5000, 1004, 1005, 1015, 999, 2000])
 async def test_a_close_frame_with_an_invalid_code_is_a_protocol_error(start_engine, code):
     running, events, raw, cid = await watched_client(start_engine)

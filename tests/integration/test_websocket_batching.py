@@ -54,6 +54,21 @@ async def test_replies_pongs_and_the_close_keep_the_order_of_one_read(start_engi
     raw.drop()
 
 
+async def test_the_replies_to_one_read_leave_in_one_segment(start_engine):
+    """Five frames in one read: their replies and the pong come in one TCP
+    segment (one write), not one each."""
+    running = await start_engine(SCRIPT)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_frame(b"0")
+    assert await raw.read_frame() == (OP_TEXT, b"echo 0")
+    before = raw.data_segments_in()
+    await raw.send_bytes(b"".join(client_frame(b"%d" % i) for i in range(1, 5)) + client_frame(b"p", OP_PING))
+    assert [await raw.read_frame() for _ in range(5)] == [(OP_TEXT, b"echo %d" % i) for i in range(1, 5)] + [
+        (OP_PONG, b"p")]
+    assert raw.data_segments_in() - before == 1
+    raw.drop()
+
+
 async def test_a_client_close_in_the_same_read_comes_after_the_replies(start_engine):
     running = await start_engine(SCRIPT)
     raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
