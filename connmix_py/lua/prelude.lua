@@ -121,11 +121,27 @@ local function log(level, msg)
     return py_log(level, msg, frame.source, frame.currentline)
 end
 
+-- py.json_decode returns (value, err), or an object's key count and its keys
+-- and values (n, k1, v1, ...): a table handed over from Python costs more
+-- than building it here.
+local function json_decoded(n, ...)
+    if select("#", ...) == 1 then
+        return n, ...
+    end
+    local t = {}
+    for i = 1, n + n, 2 do
+        local k, v = select(i, ...)
+        t[k] = v
+    end
+    return t, nil
+end
+local py_json_decode = py.json_decode
+
 mix = {
     DEBUG = "debug", INFO = "info", WARN = "warn", ERROR = "error",
     log = log,
     json_encode = py.json_encode,
-    json_decode = py.json_decode,
+    json_decode = function(text, ...) return json_decoded(py_json_decode(text, ...)) end,
     str_split = py.str_split,
     base64_encode = py.base64_encode,
     base64_decode = py.base64_decode,
@@ -567,6 +583,23 @@ local function dispatch_message(id, kind, data)
     return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c))
 end
 
+-- on_handshake(client_id, headers, server): n header names and values, then
+-- the server table's, in one flat list (cheaper than two tables from Python);
+-- no table is built when the script has no on_handshake.
+local function dispatch_handshake(id, n, ...)
+    if type(rawget(G, "on_handshake")) ~= "function" then
+        return "missing"
+    end
+    local strings, headers, server = { ... }, {}, {}
+    for i = 1, n + n, 2 do
+        headers[strings[i]] = strings[i + 1]
+    end
+    for i = n + n + 1, #strings, 2 do
+        server[strings[i]] = strings[i + 1]
+    end
+    return dispatch(id, "on_handshake", id, headers, server)
+end
+
 local function continue(co, id, ...)
     enter(id)
     return step(co, run_slice(co, ...))
@@ -706,4 +739,4 @@ local function encode(id, data)
     return "done", wire
 end
 
-return dispatch, dispatch_message, continue, forget, load_chunk, set_budgets, dispatch_input, encode
+return dispatch, dispatch_message, dispatch_handshake, continue, forget, load_chunk, set_budgets, dispatch_input, encode
