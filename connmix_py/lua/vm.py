@@ -137,7 +137,7 @@ class LuaVM:
         except LuaLoadError:
             self.runtime, self.to_lua, self.to_lua_unchecked, self.memory = previous
             raise
-        self._memory_used = self.runtime.get_memory_used
+        self._memory_used = self.memory.runtime.get_memory_used
         self._message_room = self.memory.cap - HEADROOM - VALUE_OVERHEAD
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
