@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connmix_py.config import ServerSettings
+from connmix_py.config import LuaVmSettings, ServerSettings
 from connmix_py.hub import Hub
 from connmix_py.lua.convert import from_lua
 from connmix_py.lua.vm import LuaVM
@@ -38,11 +38,11 @@ class LoadedLua:
         return self.vm.to_lua(value)
 
 
-def make_lua(tmp_path, **settings: Any) -> LoadedLua:
+def make_lua(tmp_path, luavm: LuaVmSettings | None = None, **settings: Any) -> LoadedLua:
     entry = tmp_path / "entry.lua"
     entry.write_text("-- empty entry for tests\n")
     hub = Hub()
-    vm = LuaVM(ServerSettings(entry=str(entry), **settings), hub, Mesh(hub), lambda: None)
+    vm = LuaVM(ServerSettings(entry=str(entry), **settings), hub, Mesh(hub), lambda: None, luavm)
     vm.load()
     return LoadedLua(vm)
 

@@ -91,14 +91,19 @@ class LuaMemory:
         return (f"{what}: a result of {size} bytes would pass the Lua memory budget of "
                 f"{self.budget // MB} MB ({used} MB in use)")
 
+    def used_up(self) -> bool:
+        """No room even for a small result (the headroom is in use): what a
+        bridge function checks before it runs."""
+        return self.runtime.get_memory_used() > self.cap - HEADROOM and not self.fits(0)
+
     def guard(self, name: str, function: Callable) -> Callable:
         """A bridge function that returns (nil, err) rather than a result that does not fit."""
-        memory_used, call_limit = self.runtime.get_memory_used, self.cap - HEADROOM
+        used_up = self.used_up
 
         def guarded(*args):
             # A result smaller than HEADROOM / 2 always fits in the headroom
             # checked first; only larger strings (the first result) are measured.
-            if memory_used() > call_limit and not self.fits(0):
+            if used_up():
                 return None, f"{name}: the Lua memory budget is used up".encode()
             try:
                 result = function(*args)

@@ -13,6 +13,9 @@ local select, unpack, floor = select, unpack, math.floor
 -- A waiting call yields this marker and a Python handle; the driver awaits
 -- the handle on the event loop and resumes the coroutine with its results.
 local AWAIT = {}
+-- A runner's yield after each callback, the runner waiting there, and the
+-- one kept for the next callback (see runner).
+local DONE, parked, idle_runner = {}, nil, nil
 
 -- The protocol_* callback running, if any: those frame bytes and must not
 -- wait (protocol_encode runs inside a publish).
@@ -121,11 +124,27 @@ local function log(level, msg)
     return py_log(level, msg, frame.source, frame.currentline)
 end
 
+-- py.json_decode returns (value, err), or an object's key count and its keys
+-- and values (n, k1, v1, ...): a table handed over from Python costs more
+-- than building it here.
+local function json_decoded(n, ...)
+    if select("#", ...) == 1 then
+        return n, ...
+    end
+    local t = {}
+    for i = 1, n + n, 2 do
+        local k, v = select(i, ...)
+        t[k] = v
+    end
+    return t, nil
+end
+local py_json_decode = py.json_decode
+
 mix = {
     DEBUG = "debug", INFO = "info", WARN = "warn", ERROR = "error",
     log = log,
     json_encode = py.json_encode,
-    json_decode = py.json_decode,
+    json_decode = function(text, ...) return json_decoded(py_json_decode(text, ...)) end,
     str_split = py.str_split,
     base64_encode = py.base64_encode,
     base64_decode = py.base64_decode,
@@ -375,8 +394,14 @@ local function run_slice(co, ...)
     local outer_start, outer_judge = slice_start_kb, judge_at_kb
     active, resumer, deadline, in_protocol = co, running(), false, nil
     start_memory_slice()
-    local ok, a, b = resume(co, ...)
-    if ok and a and status(co) == "dead" and memory_budget_kb > 0 and collect("count") > judge_at_kb then
+    local ok, a, b, c = resume(co, ...)
+    local finished
+    if a == DONE and ok then  -- a runner ended its callback (below)
+        a, b, finished = b, c, true
+    else
+        finished = status(co) == "dead"
+    end
+    if ok and a and finished and memory_budget_kb > 0 and collect("count") > judge_at_kb then
         -- It grew memory faster than the hook looked: judged as it ends.
         local message = memory_verdict(memory_budget_kb / 64)
         if message then
@@ -390,7 +415,7 @@ local function run_slice(co, ...)
         tripped = false
         sethook(check_budget, "", HOOK_EVERY)
     end
-    return ok, a, b
+    return ok, a, b, finished
 end
 
 -- Scripts keep debug and jit (without the sandbox), but not the hook: the
@@ -468,9 +493,12 @@ end
 
 -- Turns one slice into what the driver needs: ("done", value),
 -- ("error", message[, callback name]) or ("wait", coroutine, handle).
-local function step(co, ok, a, b)
-    if status(co) == "dead" then
+local function step(co, ok, a, b, finished)
+    if finished then
         enter(nil)
+        if parked == co and status(co) == "suspended" then  -- a runner, ready for the next callback
+            idle_runner = co
+        end
         if not ok then return "error", with_memory_reason(error_text(a)), stage_of[co] end
         if a then return "done", b end
         return "error", with_memory_reason(error_text(b)), stage_of[co]
@@ -484,6 +512,37 @@ end
 
 local function run(fn, ...)
     return xpcall(fn, traceback, ...)
+end
+
+-- Callbacks run in runners: coroutines that run one callback after another
+-- (creating a coroutine costs more than a usual on_message). A runner yields
+-- DONE and the callback's results after each; one whose callback waits
+-- belongs to that callback until it ends. `parked` is the runner last seen
+-- waiting at DONE: a script that resumed its runner elsewhere (it can reach
+-- it with coroutine.running) leaves it somewhere else, and it is not reused.
+local function unpark(...)
+    parked = nil
+    return ...
+end
+
+local function park(...)
+    parked = running()
+    return unpark(yield(DONE, ...))
+end
+
+local function runner(fn, ...)
+    return runner(park(xpcall(fn, traceback, ...)))
+end
+
+local function take_runner()
+    local co = idle_runner
+    if co ~= nil then
+        idle_runner = nil
+        if parked == co then
+            return co
+        end
+    end
+    return create(runner)
 end
 
 -- Scripts for older CONNMIX releases take the connection as an extra last
@@ -550,7 +609,7 @@ local function dispatch(id, name, ...)
         return "missing"
     end
     local c = enter(id)
-    local co = create(run)
+    local co = take_runner()
     if OLD_STYLE_CALLBACKS[name] and old_calling_style() then
         return step(co, run_slice(co, fn, old_style_args(name, c, ...)))
     end
@@ -563,8 +622,25 @@ local function dispatch_message(id, kind, data)
         return "missing"
     end
     local c = enter(id)
-    local co = create(run)
+    local co = take_runner()
     return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c))
+end
+
+-- on_handshake(client_id, headers, server): n header names and values, then
+-- the server table's, in one flat list (cheaper than two tables from Python);
+-- no table is built when the script has no on_handshake.
+local function dispatch_handshake(id, n, ...)
+    if type(rawget(G, "on_handshake")) ~= "function" then
+        return "missing"
+    end
+    local strings, headers, server = { ... }, {}, {}
+    for i = 1, n + n, 2 do
+        headers[strings[i]] = strings[i + 1]
+    end
+    for i = n + n + 1, #strings, 2 do
+        server[strings[i]] = strings[i + 1]
+    end
+    return dispatch(id, "on_handshake", id, headers, server)
 end
 
 local function continue(co, id, ...)
@@ -706,4 +782,4 @@ local function encode(id, data)
     return "done", wire
 end
 
-return dispatch, dispatch_message, continue, forget, load_chunk, set_budgets, dispatch_input, encode
+return dispatch, dispatch_message, dispatch_handshake, continue, forget, load_chunk, set_budgets, dispatch_input, encode

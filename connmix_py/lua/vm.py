@@ -23,7 +23,7 @@ from ..conn import CLOSE_INTERNAL_ERROR, LUA_ERROR_REASON, Connection, EncodeErr
 from ..queue import Queues
 from ..redis_pools import RedisPools
 from .convert import make_to_lua
-from .memory import VALUE_OVERHEAD, LuaMemory, value_size
+from .memory import HEADROOM, VALUE_OVERHEAD, LuaMemory, LuaMemoryFull, value_size
 from .mixlib import codec as codec_lib
 from .mixlib import conn as conn_lib
 from .mixlib import http as http_lib
@@ -48,6 +48,9 @@ GUARDS = os.path.join(os.path.dirname(__file__), "guards.lua")
 # nothing big into Lua, and the memory guard's (nil, err) would read as success.
 RETURN_ONLY_AN_ERROR = frozenset({"send", "close", "subscribe", "unsubscribe", "set_context",
                                   "set_context_value", "clear_buffer", "mesh_send"})
+# Not wrapped in the memory guard: those above, and json_decode, which most
+# scripts call on every message and which makes the guard's check itself.
+UNGUARDED = RETURN_ONLY_AN_ERROR | {"json_decode"}
 # Where require looks, under the entry script's folder (the sandbox's loader
 # too): CONNMIX's layout keeps helpers in lua/utils/ beside the entry in lua/
 # and requires them by bare name (laravel-chat: require("prettyprint")).
@@ -110,6 +113,8 @@ class LuaVM:
         self.http_session = http_session
         self.runtime: lupa_rt.LuaRuntime | None = None
         self.memory: LuaMemory = None  # type: ignore[assignment]  # set by the first load()
+        self._memory_used: Callable[[], int] = lambda: 0
+        self._message_room = 0  # bytes in use past which call_message asks _no_room
         self.to_lua: Callable[[Any], Any] = lambda v: v
         # to_lua without its room check, for a caller that checked a bound of the size itself.
         self.to_lua_unchecked: Callable[[Any], Any] = lambda v: v
@@ -132,9 +137,11 @@ class LuaVM:
         except LuaLoadError:
             self.runtime, self.to_lua, self.to_lua_unchecked, self.memory = previous
             raise
+        self._memory_used = self.memory.runtime.get_memory_used
+        self._message_room = self.memory.cap - HEADROOM - VALUE_OVERHEAD
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
-        (self._dispatch, self._dispatch_message, self._continue, self._forget,
+        (self._dispatch, self._dispatch_message, self._dispatch_handshake, self._continue, self._forget,
          self._dispatch_input, self._encode, self._loaded, self._rawget) = functions
         sources.update(file_times(self._required_files()))
         self._sources = sources
@@ -172,12 +179,12 @@ class LuaVM:
         bridge: dict[str, Any] = {}
         for module in BRIDGES:
             bridge.update(module.bridge(self))
-        py = runtime.table_from({k.encode(): v if k in RETURN_ONLY_AN_ERROR else memory.guard(k, v)
+        py = runtime.table_from({k.encode(): v if k in UNGUARDED else memory.guard(k, v)
                                  for k, v in bridge.items()})
         folder = os.path.dirname(self.settings.entry)
         package = runtime.globals().package
         package.path = "".join(f"{folder}/{pattern};" for pattern in MODULE_PATHS).encode() + package.path
-        (dispatch, dispatch_message, cont, forget, load_chunk, set_budgets,
+        (dispatch, dispatch_message, dispatch_handshake, cont, forget, load_chunk, set_budgets,
          dispatch_input, encode) = _run_file(runtime, PRELUDE, py)
         self.guards = _run_file(runtime, GUARDS)
         self.guards.set_memory_budget(budget_mb)
@@ -198,7 +205,7 @@ class LuaVM:
                                "cannot run while the script loads; call them in callbacks")
         if outcome[0] == b"error":
             raise LuaLoadError(_text(outcome[1]))
-        return dispatch, dispatch_message, cont, forget, dispatch_input, encode, modules, rawget
+        return dispatch, dispatch_message, dispatch_handshake, cont, forget, dispatch_input, encode, modules, rawget
 
     def reload_if_changed(self) -> bool:
         """Hot update: load the scripts again if a .lua file beside the entry
@@ -241,7 +248,9 @@ class LuaVM:
 
     def call_message(self, conn: Connection, binary: bool, data: bytes) -> Awaitable | None:
         """Run on_message; None when it finished at once, else an awaitable."""
-        if self._no_room(conn, "on_message", len(data) + VALUE_OVERHEAD):
+        # memory.fits' first test inline (the usual answer, on every message); _no_room decides otherwise.
+        if (self._memory_used() + len(data) > self._message_room
+                and self._no_room(conn, "on_message", len(data) + VALUE_OVERHEAD)):
             return None
         self._current = conn
         started = perf_counter()
@@ -266,9 +275,27 @@ class LuaVM:
         """Run a callback and return its (first) return value; None on error."""
         if self._no_room(conn, name, sum(value_size(a) for a in args)):
             return None
+        return await self._result(conn, name, self._dispatch, conn.id_bytes, name.encode(), *args)
+
+    async def call_handshake(self, conn: Connection, headers: dict[str, str], server: dict[str, str]) -> Any:
+        """on_handshake(client_id, headers, server)'s first result, as
+        call_for_result. The tables are built in Lua from their keys and values
+        (cheaper than two tables from Python), and only when the script has an
+        on_handshake; the call into Lua is made and counted either way. Raises
+        LuaMemoryFull, before any Lua runs, when they would not fit."""
+        strings: list[Any] = [len(headers)]
+        for table in (headers, server):
+            for key, value in table.items():
+                strings += (key.encode(), value.encode())
+        pairs = strings[1:]
+        if not self.memory.fits(sum(map(len, pairs)) + VALUE_OVERHEAD * (len(pairs) + 2)):
+            raise LuaMemoryFull("Lua memory budget used up: no room for the handshake's tables")
+        return await self._result(conn, "on_handshake", self._dispatch_handshake, conn.id_bytes, *strings)
+
+    async def _result(self, conn: Connection, name: str, dispatch: Callable, *args: Any) -> Any:
         self._current = conn
         started = perf_counter()
-        outcome = self._dispatch(conn.id_bytes, name.encode(), *args)
+        outcome = dispatch(*args)
         self.counters.observe(perf_counter() - started)
         if type(outcome) is tuple and outcome[0] == b"wait":
             outcome = await self._drive(conn, outcome[1], outcome[2])

@@ -345,11 +345,10 @@ class WebSocketSession(asyncio.Protocol):
         vm = self.server.vm
         headers, server = handshake_tables(request, conn.remote_addr)
         try:
-            arguments = vm.to_lua(headers), vm.to_lua(server)
+            accepted = await vm.call_handshake(conn, headers, server)
         except LuaMemoryFull as exc:  # data the script keeps fills its Lua state
             conn.log.error("%s: on_handshake not run, refused with 503: %s", vm.name, exc)
             return http_reply(503, "server busy\n")
-        accepted = await vm.call_for_result(conn, "on_handshake", conn.id_bytes, *arguments)
         if conn.close_code == CLOSE_INTERNAL_ERROR:  # the Lua error is logged by the VM
             conn.log.debug("handshake refused: 500, on_handshake failed")
             return http_reply(500, "on_handshake failed\n")

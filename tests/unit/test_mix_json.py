@@ -1,9 +1,12 @@
 """mix.json_encode / mix.json_decode: SPEC section 4, value by value."""
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from connmix_py.config import LuaVmSettings
 from connmix_py.lua import convert
+from connmix_py.lua.mixlib import json as json_lib
 from tests.luahelp import make_lua
 
 
@@ -109,6 +112,52 @@ def test_json_decode_null_is_nil_without_error(lua):
 
 def test_json_decode_null_in_array_leaves_a_hole_at_its_index(lua):
     assert lua.execute('local t = mix.json_decode("[1,null,3]") return t[1], t[2], t[3]') == (1, None, 3)
+
+
+def as_read_back(value):
+    """A decoded JSON value as from_lua reads its table back: no nulls, empty
+    tables as {}, strings as bytes, integers past int64 as doubles."""
+    if isinstance(value, dict):
+        return {k: as_read_back(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [as_read_back(v) for v in value] or {}
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2 ** 63:
+        return float(value)
+    return value
+
+
+@pytest.mark.parametrize("keys", [0, 1, 2, json_lib.PAIRS_MAX_KEYS, json_lib.PAIRS_MAX_KEYS + 1])
+def test_json_decode_objects_below_and_past_the_pairs_limit_decode_alike(lua, keys):
+    # Up to PAIRS_MAX_KEYS keys the table is built in Lua from keys and values, past it in Python.
+    values = ['"s"', "null", "2", "-1.5", "true", "false", '{"in":[1,{"x":null}]}', "[]", "{}",
+              "123456789012345678901234567890", '"\\u00e9\\u0000"']
+    plain = keys - 2 if keys >= 2 else keys
+    fields = [f'"k{i}":{values[i % len(values)]}' for i in range(plain)]
+    if keys >= 2:  # a repeated key (the last one counts) and an empty one
+        fields += ['"dup":1', '"dup":"last"', '"":0']
+    text = ("{" + ",".join(fields) + "}").encode()
+    assert len(orjson.loads(text)) == keys
+    expected = as_read_back(orjson.loads(text))
+    decoded = lua.run("local t, err = mix.json_decode(...) return t, err, getmetatable(t)", text)
+    assert decoded == (expected, None, None)
+
+
+def test_json_decode_refuses_when_lua_memory_is_full(tmp_path):
+    lua = make_lua(tmp_path, luavm=LuaVmSettings(memory_budget=16))  # hard cap 48 MB
+    # Kept strings until an allocation fails: memory is then at the cap, past its headroom.
+    assert lua.execute("""
+        kept = {}
+        local ok = true
+        while ok do
+            ok = pcall(function() kept[#kept + 1] = string.rep(tostring(#kept), 64 * 1024 / 8, "-") end)
+        end
+        return #kept > 0""")
+    assert lua.execute('return mix.json_decode(\'{"a":1,"b":2}\')') == (
+        None, b"json_decode: the Lua memory budget is used up")
+    lua.execute("kept = nil collectgarbage()")
+    assert lua.run('return mix.json_decode(\'{"a":1,"b":2}\')') == ({"a": 1, "b": 2}, None)
 
 
 def test_json_decode_integers_are_lua_integers(lua):

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..convert import ConversionError, from_lua
+from ..convert import ConversionError, from_lua, make_to_lua_pairs
 from ..memory import HEADROOM
 from .values import bad_argument, fail, lua_string
 
@@ -49,9 +49,15 @@ def decoded_size(data: bytes) -> int:
 SHORT_TEXT = (HEADROOM // 2 - VALUE_COST) // (VALUE_COST + 1)
 
 
+# Objects with at most this many keys are built in Lua from their keys and
+# values (convert.make_to_lua_pairs); select() makes larger ones cost n^2.
+PAIRS_MAX_KEYS = 16
+
+
 def bridge(vm) -> dict:
     # decoded_size bounds what the table takes, checked first: no second walk.
     to_lua = vm.to_lua_unchecked
+    to_lua_pairs = make_to_lua_pairs(to_lua)
 
     # Lua passes as many arguments as the caller wrote (json_encode(f()) is
     # common): extras are ignored.
@@ -67,16 +73,25 @@ def bridge(vm) -> dict:
             return fail("json_encode: unsupported number (NaN or infinity)")
         return text, None
 
+    # Not wrapped in memory.guard (vm.UNGUARDED): its checks are here, the
+    # guard's first and then the size bound of what it builds.
+    used_up = vm.memory.used_up
+
     def json_decode(text=None, *_):
         data = lua_string(text)
         if data is None:
             return bad_argument(1, "json_decode", "string", text)
+        if used_up():
+            return fail("json_decode: the Lua memory budget is used up")
         if len(data) >= SHORT_TEXT:
             refusal = vm.memory.refusal(decoded_size(data), "json_decode")
             if refusal:
                 return fail(refusal)
         try:
-            return to_lua(orjson.loads(data)), None
+            value = orjson.loads(data)
+            if type(value) is dict and len(value) <= PAIRS_MAX_KEYS:
+                return to_lua_pairs(value)
+            return to_lua(value), None
         except (orjson.JSONDecodeError, ConversionError) as exc:
             return fail(f"json_decode: {exc}")
 
