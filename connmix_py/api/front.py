@@ -107,7 +107,7 @@ class ApiConnection(asyncio.Protocol):
     """One apiServer connection while it is ours."""
 
     __slots__ = ("front", "transport", "remote", "port", "buffer", "fed", "parser", "request", "head_end",
-                 "body_end", "head_timer", "head_deadline", "body_timer", "busy", "paused", "over_limit")
+                 "body_end", "head_timer", "body_timer", "busy", "paused", "over_limit")
 
     def __init__(self, front: ApiFront) -> None:
         self.front = front
@@ -121,7 +121,6 @@ class ApiConnection(asyncio.Protocol):
         self.head_end = 0
         self.body_end = 0
         self.head_timer: asyncio.TimerHandle | None = None
-        self.head_deadline: float | None = None  # while a head is awaited (loop time)
         self.body_timer: asyncio.TimerHandle | None = None
         self.busy = False  # an answer is being computed
         self.paused = False
@@ -161,24 +160,8 @@ class ApiConnection(asyncio.Protocol):
     def _await_head(self) -> None:
         self.parser = None
         self.fed = 0
-        # One timer per connection, moved on when it fires, not one per request
-        # (call_later and cancel were ~5 % of a keep-alive publish's samples).
-        loop = asyncio.get_running_loop()
-        self.head_deadline = loop.time() + self.front.limits.head_timeout
-        if self.head_timer is None:
-            self.head_timer = loop.call_at(self.head_deadline, self._head_due)
-
-    def _head_due(self) -> None:
-        """The head timer: close if the head awaited is late, else wait for its deadline."""
-        self.head_timer = None
-        deadline = self.head_deadline
-        if deadline is None:  # no head awaited now
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() < deadline:
-            self.head_timer = loop.call_at(deadline, self._head_due)
-        else:
-            self.transport.close()
+        self.head_timer = asyncio.get_running_loop().call_later(
+            self.front.limits.head_timeout, self.transport.close)
 
     def _go_on(self) -> None:
         """Read what the buffer holds: heads, bodies, answers, in order."""
@@ -223,7 +206,7 @@ class ApiConnection(asyncio.Protocol):
         if length is None:
             self._hand_over()
             return False
-        self.head_deadline = None  # the timer, when it fires, finds nothing to do
+        self._cancel_timers()
         if self.over_limit:
             self._refuse(request.method, HTTPStatus.SERVICE_UNAVAILABLE,
                          f"maxConnections {self.front.limits.max_connections} reached", "too many connections")
@@ -333,7 +316,6 @@ class ApiConnection(asyncio.Protocol):
         self.transport.close()
 
     def _cancel_timers(self) -> None:
-        self.head_deadline = None
         for timer in (self.head_timer, self.body_timer):
             if timer is not None:
                 timer.cancel()
