@@ -63,10 +63,11 @@ class PayloadError(ValueError):
 
 
 class Connection:
+    # The fan-out reads only the first two: declared first, they share one cache line.
     __slots__ = (
-        "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
+        "writer", "sent_total", "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
-        "closing", "close_code", "close_err", "sent_total", "frames_sent", "send_errors", "blocked_since",
+        "closing", "close_code", "close_err", "frames_sent", "send_errors", "blocked_since",
         "block_mark", "big_frames", "encoder", "script_frames", "session", "_logger", "_log", "aborted", "_pending",
         "_closer", "_loop", "_waiters", "_corked", "_corked_size",
     )
@@ -82,6 +83,9 @@ class Connection:
         self.context: dict[str, Any] = {}
         self.channels: set[str] = set()
         self.transport: asyncio.Transport | None = None
+        # The transport while a frame may go straight to it (open, not closing,
+        # not corked); None sends every frame through write_frame's checks.
+        self.writer: asyncio.Transport | None = None
         self.max_send_queue = max_send_queue
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
@@ -138,6 +142,7 @@ class Connection:
         self.transport = transport
         self._closer = closer
         pending, self._pending = self._pending, None
+        self._update_writer()
         for frame in pending or ():
             self.write_frame(frame)
 
@@ -147,6 +152,7 @@ class Connection:
             return
         self.uncork()  # the frames before the close go first
         self.closing = True
+        self.writer = None
         self.close_code = code
         if err is not None and self.close_err is None:
             self.close_err = err
@@ -159,6 +165,7 @@ class Connection:
         if self.close_err is None:
             self.close_err = err
         self.closing = True
+        self.writer = None
         self.aborted = True
         if self.transport is not None:
             self.transport.abort()
@@ -166,6 +173,7 @@ class Connection:
     def mark_closed(self, err: str | None) -> None:
         """The socket is gone; remember why for on_close."""
         self.closing = True
+        self.writer = None
         if self.close_err is None:
             self.close_err = err
 
@@ -273,16 +281,35 @@ class Connection:
         read leave in one write (one system call instead of one each)."""
         if self._corked is None and self.transport is not None:
             self._corked = []
+            self.writer = None
 
     def uncork(self) -> None:
         """Write what was held back, in order, through the send-queue bounds."""
         corked, self._corked = self._corked, None
+        if corked is None:
+            return
+        self._update_writer()
         if corked:
             self._corked_size = 0
             self.write_frame(corked[0] if len(corked) == 1 else b"".join(corked))
 
+    def _update_writer(self) -> None:
+        """Let frames go straight to the transport again if nothing stands in the way."""
+        self.writer = self.transport if not self.closing and self._corked is None else None
+
     def write_frame(self, frame: bytes) -> bool:
-        """Queue encoded wire bytes; False if the connection cannot take it."""
+        """Queue encoded wire bytes; False if the connection cannot take it.
+        (Hub.publish inlines the first branch for its fan-out loop.)"""
+        transport = self.writer
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+            self.sent_total += len(frame)
+            queued = transport.get_write_buffer_size()
+            return not queued or self.queue_grew(len(frame), queued)
+        return self._write_checked(frame)
+
+    def _write_checked(self, frame: bytes) -> bool:
+        """write_frame when the connection is not open, is closing or is corked."""
         if self.closing:
             return False
         corked = self._corked
@@ -302,22 +329,23 @@ class Connection:
             return True
         if transport.is_closing():  # the peer is gone; the handler will notice
             return False
-        transport.write(frame)
-        start = self.sent_total
-        self.sent_total += len(frame)
-        queued = transport.get_write_buffer_size()
-        if queued:
-            if len(frame) >= _BIG_FRAME:
-                if self.big_frames is None:
-                    self.big_frames = deque()
-                self._forget_flushed(self.sent_total - queued)
-                self.big_frames.append((start, self.sent_total))
-            if queued > self.max_send_queue and self._queued_beyond_largest(queued) > self.max_send_queue:
-                self.abort(f"slow client: send queue over {self.max_send_queue} bytes")
-                return False
-            if self.blocked_since is None:
-                self.blocked_since = self._loop.time()
-                self.block_mark = self._progress_mark(queued)
+        self._update_writer()  # open, not closing, not corked: the plain path
+        return self.write_frame(frame)
+
+    def queue_grew(self, size: int, queued: int) -> bool:
+        """A frame of ``size`` bytes was written and ``queued`` bytes wait in
+        the transport: apply the send-queue bounds; False if the client was dropped."""
+        if size >= _BIG_FRAME:
+            if self.big_frames is None:
+                self.big_frames = deque()
+            self._forget_flushed(self.sent_total - queued)
+            self.big_frames.append((self.sent_total - size, self.sent_total))
+        if queued > self.max_send_queue and self._queued_beyond_largest(queued) > self.max_send_queue:
+            self.abort(f"slow client: send queue over {self.max_send_queue} bytes")
+            return False
+        if self.blocked_since is None:
+            self.blocked_since = self._loop.time()
+            self.block_mark = self._progress_mark(queued)
         return True
 
     def _queued_beyond_largest(self, queued: int) -> int:

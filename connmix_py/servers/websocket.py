@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from ..config import ServerSettings
 from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
                     CLOSE_TOO_BIG, LUA_ERROR_REASON, Connection, enforce_timeouts)
+from ..eager import at_once_or_handle
 from ..frames import encode_frame, is_utf8
 from ..hub import Hub
 from ..lua.memory import LuaMemoryFull
@@ -273,7 +274,10 @@ class WebSocketSession(asyncio.Protocol):
             self.transport.close()
             return
         self.early = bytearray(tail)
-        asyncio.get_running_loop().create_task(self._handshake(request))
+        # Most on_handshake calls return without waiting: then no task and no loop turn.
+        rest = at_once_or_handle(self._handshake(request))
+        if rest is not None:
+            asyncio.get_running_loop().create_task(rest())
 
     def _refuse(self, status: int, text: str, reason: str) -> None:
         """Refuse the request: one log line, the reply, close."""

@@ -184,6 +184,19 @@ async def test_a_head_that_does_not_arrive_in_time_closes_the_connection(started
     writer.close()
 
 
+async def test_a_connection_busy_past_the_head_timeout_stays_open(started):
+    """The head timeout counts from the previous reply: requests spread over
+    more than one handshakeTimeout on a kept-alive connection are all answered."""
+    engine = await started(api={"handshakeTimeout": 0.5})
+    reader, writer = await connect(engine)
+    for _ in range(7):  # 1.4 s of requests, one every 0.2 s (the pacing of the workload)
+        writer.write(publish())
+        assert (await read_response(reader))[0] == 200
+        await asyncio.sleep(0.2)
+    assert await closed(reader)  # then idle: closed
+    writer.close()
+
+
 async def test_a_body_that_does_not_arrive_in_time_gets_408(started, caplog):
     engine = await started(api={"bodyTimeout": 0.5})
     with caplog.at_level(logging.WARNING, logger="connmix.http"):

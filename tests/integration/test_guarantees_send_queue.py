@@ -76,3 +76,27 @@ async def test_a_slow_steady_reader_outlives_write_timeout(start_engine):
     await client.send_text("still open")
     assert await client.read_frame() == (0x1, b"still open")
     client.drop()
+
+
+async def test_the_send_queue_bound_holds_again_after_a_backlog_drained(start_engine):
+    """A subscriber's backlog builds and drains (frames go straight to the
+    socket again), then it stops reading: the next backlog is bounded by
+    maxSendQueue all the same, and the publish that crosses it drops it."""
+    running = await start_engine(SCRIPT, maxSendQueue=8 * 1024 * 1024, writeTimeout=30)
+    client = await subscriber(running)
+    engine = running.engine
+    conn = next(iter(engine.hub))
+    backlog = 128  # 8 MB: beyond what the kernel holds, a backlog under the bound
+    for i in range(backlog):
+        assert await engine.publish("news", numbered(i)) == (1, 0)
+    assert conn.transport.get_write_buffer_size() > 0, "no backlog was built"
+    for i in range(backlog):
+        assert await client.read_frame() == (0x1, numbered(i))
+    await client.send_text("drained")  # answered through an emptied queue
+    assert await client.read_frame() == (0x1, b"drained")
+    published = backlog
+    while (await engine.publish("news", numbered(published))) == (1, 0):
+        published += 1
+        assert published < backlog + 600, "a client over maxSendQueue was never dropped"
+    assert conn.close_err.startswith("slow client: send queue over")
+    client.drop()

@@ -24,6 +24,9 @@ function on_message(msg)
             sent = i
         end
         mix.mesh.publish("events", mix.json_encode({sent = sent}))
+    elseif data == "reply, then publish" then
+        conn:send("reply")
+        mix.mesh.publish("news", "published")  -- this client is a subscriber
     elseif data == "bye" then
         conn:send("closing")
         conn:close()
@@ -117,3 +120,16 @@ async def test_a_client_that_never_reads_and_breaks_the_protocol_is_dropped_afte
     assert "unmasked" in event["err"]
     slow.drop()
     assert running.engine.hub.get(slow_id) is None
+
+
+async def test_a_publish_from_a_callback_comes_after_its_earlier_replies(start_engine):
+    """The replies are held back while the read is handled; a publish reaching
+    the same client from that callback waits behind them, not beside them."""
+    running = await start_engine(SCRIPT)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_text("news")
+    assert (await raw.read_frame())[0] == OP_TEXT  # subscribed: its client id
+    await raw.send_text("reply, then publish")
+    assert await raw.read_frame() == (OP_TEXT, b"reply")
+    assert await raw.read_frame() == (OP_TEXT, b"published")
+    raw.drop()

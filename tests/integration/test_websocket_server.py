@@ -368,6 +368,28 @@ async def test_client_leaving_during_a_waiting_on_handshake(start_engine, caplog
     assert not [r for r in caplog.records if r.exc_info], caplog.text
 
 
+async def test_a_waiting_on_handshake_accepts_and_the_client_is_served(start_engine):
+    """on_handshake usually returns at once (no task is made for it); one that
+    waits finishes on the event loop and its connection opens all the same."""
+    script = """
+    function on_handshake(client_id, headers, server)
+        mix.websocket():wait_context_value("never", 0.2)
+        return not server.RequestUri:find("refuse", 1, true)
+    end
+    function on_message(msg)
+        mix.websocket():send("echo " .. msg.data)
+    end
+    """
+    running = await start_engine(script)
+    ws = await running.connect()
+    await ws.send_str("after a wait")
+    assert (await ws.receive(timeout=5)).data == "echo after a wait"
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await running.session.ws_connect(running.ws_url + "?refuse")
+    assert refused.value.status == 403
+
+
 async def test_stop_closes_clients_with_1001(start_engine):
     running = await start(start_engine)
     ws = await running.connect()
