@@ -27,12 +27,12 @@ from typing import Any, Awaitable, Callable, cast
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParser
 
 from ..config import AccessSettings
 from ..eager import at_once_or_handle
-from ..servers.http_limits import HttpLimits
+from ..servers.http_limits import HttpLimits, bad_head, head_parser, reply
 from ..servers.limits import RateLimitedLog, watch_descriptors
 from . import access, request_log, requests
 from .http import answer
@@ -42,9 +42,6 @@ http_log = logging.getLogger("connmix.http")  # refusals, like aiohttp's side of
 
 MAX_BODY = 16 * 1024 * 1024  # the aiohttp app's client_max_size
 # Request head bounds (aiohttp's defaults, as on the rest of the port).
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
-MAX_HEADERS = 128
 # Input read ahead of the request being answered before reading pauses.
 MAX_READ_AHEAD = 64 * 1024
 
@@ -89,18 +86,6 @@ class ApiFront:
     def refuse(self, port: int | str, method: str, remote: str, status: int, reason: str) -> None:
         self.refusals.warning((port, status), "port %s: refused %s from %s: %s (%d)",
                               port, method, remote, reason, status)
-
-
-def reply(status: int, body: bytes, version: str, close: bool, headers: dict[str, str] | None = None,
-          content_type: str = "application/json") -> bytes:
-    head = [f"HTTP/{version} {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}"]
-    if close:
-        head.append("Connection: close")
-    elif version == "1.0":  # a 1.0 client asked for keep-alive
-        head.append("Connection: keep-alive")
-    head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 class ApiConnection(asyncio.Protocol):
@@ -183,17 +168,12 @@ class ApiConnection(asyncio.Protocol):
         if upto == self.fed:
             return False
         if self.parser is None:
-            # Typed for aiohttp's protocols; it only keeps ours for a body we never feed it.
-            self.parser = HttpRequestParser(self, asyncio.get_running_loop(), 2 ** 16,  # type: ignore[arg-type]
-                                            max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE,
-                                            max_headers=MAX_HEADERS)
+            self.parser = head_parser(self)
         try:
             messages, _, _ = self.parser.feed_data(bytes(buffer[self.fed:upto]))
         except BadHttpMessage as exc:
-            too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
-            status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
-            self._refuse("?", status, (str(exc).splitlines() or [type(exc).__name__])[0],
-                         status.phrase.lower())
+            status, reason = bad_head(exc)
+            self._refuse("?", status, reason, status.phrase.lower())
             return False
         self.fed = upto
         if end < 0:

@@ -10,7 +10,9 @@ client that connects and then sends slowly, too much or nothing may cost.
 - a head too big gets 431, a malformed one 400: one log line, no traceback.
 
 Refusals are logged at most once a second per port and kind (a flood costs
-one line a second, with a count).
+one line a second, with a count). The websocket server and the apiServer's
+lean front read heads and answer with their own protocols: head_parser,
+bad_head and reply are theirs, with the same bounds and answers.
 """
 from __future__ import annotations
 
@@ -19,13 +21,21 @@ import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from typing import Any
+
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import HttpRequestParser  # the C parser when aiohttp has its extensions
 from aiohttp.web_protocol import RequestHandler
 
 from .limits import RateLimitedLog, watch_descriptors
 
 log = logging.getLogger("connmix.http")
+
+# Request head bounds (aiohttp's defaults), where our own protocols read heads.
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 128
 
 # What a body that does not arrive in time gets, written straight to the
 # socket: the handler may be blocked reading it.
@@ -130,11 +140,24 @@ class _LimitedHandler(RequestHandler):
                      exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
         if not isinstance(exc, BadHttpMessage) or request.writer.output_size:
             return super().handle_error(request, status, exc, message)
-        too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
-        status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        status, reason = bad_head(exc)
         self._manager.refuse(request, status, reason)
         return _closing_response(status, status.phrase.lower())
+
+
+def head_parser(protocol: Any) -> HttpRequestParser:
+    """aiohttp's request-head parser, for a protocol of ours that reads heads itself."""
+    # Typed for aiohttp's protocols; it keeps ours only for a body it is never fed.
+    return HttpRequestParser(protocol, asyncio.get_running_loop(), 2 ** 16, max_line_size=MAX_LINE_SIZE,
+                             max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
+
+
+def bad_head(exc: BadHttpMessage) -> tuple[HTTPStatus, str]:
+    """A malformed head's status (431 for a line or a header section over the
+    bounds, else 400) and the one line the log says about it."""
+    too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
+    return status, (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _first_head_late(handler: RequestHandler) -> None:
@@ -152,3 +175,19 @@ def _local_port(request: web.BaseRequest) -> int | str:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     return sockname[1] if isinstance(sockname, tuple) else "?"
+
+
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}  # a dict lookup, not an enum call per reply
+
+
+def reply(status: int, body: bytes, version: str, close: bool, headers: dict[str, str] | None = None,
+          content_type: str = "application/json") -> bytes:
+    """A whole response, for a protocol of ours that answers without aiohttp."""
+    head = [f"HTTP/{version} {status} {_PHRASES[status]}", f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}"]
+    if close:
+        head.append("Connection: close")
+    elif version == "1.0":  # a 1.0 client asked for keep-alive
+        head.append("Connection: keep-alive")
+    head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body

@@ -27,11 +27,10 @@ import hashlib
 import logging
 import struct
 from collections import deque
-from http import HTTPStatus
 from typing import Any, Awaitable, Callable, cast
 
-from aiohttp.http_parser import HttpRequestParser  # the C parser when aiohttp has its extensions
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import HttpRequestParser
 
 from ..config import ServerSettings
 from ..conn import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_TEXT, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
@@ -44,6 +43,7 @@ from ..lua.vm import LuaVM
 from ..metrics import HANDSHAKE_REFUSED
 from ..textproto import first_values
 from .closing import forget, run_on_close
+from .http_limits import bad_head, head_parser, reply
 from .limits import RateLimitedLog, watch_descriptors
 from .rfc6455 import VERSION, close_code_error
 from .ws_codec import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
@@ -59,10 +59,6 @@ LOST_WITHOUT_CLOSE = f"{LOST}: closed by the client without a close frame"
 CLOSE_TIMEOUT = 10.0
 # Seconds stop() lets closing sockets flush and their on_close finish before aborting them.
 SHUTDOWN_GRACE = 2.0
-# Request head bounds (aiohttp's defaults, as on the API port).
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
-MAX_HEADERS = 128
 # Input held while on_handshake runs before reading pauses.
 MAX_EARLY_INPUT = 64 * 1024
 
@@ -102,12 +98,9 @@ def handshake_tables(request: Any, remote: str) -> tuple[dict, dict]:
     return headers, server
 
 
-def http_reply(status: int, text: str, *headers: str) -> bytes:
-    """A complete response that ends the connection."""
-    body = text.encode()
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Connection: close",
-            "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}", *headers]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+def http_reply(status: int, text: str, headers: dict[str, str] | None = None) -> bytes:
+    """A complete text response that ends the connection."""
+    return reply(status, text.encode(), "1.1", True, headers, "text/plain; charset=utf-8")
 
 
 def close_frame(code: int, reason: bytes = b"") -> bytes:
@@ -235,10 +228,9 @@ class WebSocketSession(asyncio.Protocol):
         self.server.sessions.add(self)
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if peer else ""
-        loop = asyncio.get_running_loop()
-        self.parser = HttpRequestParser(self, loop, 2 ** 16, max_line_size=MAX_LINE_SIZE,
-                                        max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
-        self.head_timer = loop.call_later(self.server.settings.handshake_timeout, transport.close)
+        self.parser = head_parser(self)
+        self.head_timer = asyncio.get_running_loop().call_later(self.server.settings.handshake_timeout,
+                                                                transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self.reader is not None:
@@ -256,10 +248,8 @@ class WebSocketSession(asyncio.Protocol):
         try:
             messages, _, tail = self.parser.feed_data(data)
         except BadHttpMessage as exc:
-            too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
-            status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
-            self._refuse(status, status.phrase.lower() + "\n",
-                         (str(exc).splitlines() or [type(exc).__name__])[0])
+            status, reason = bad_head(exc)
+            self._refuse(status, status.phrase.lower() + "\n", reason)
             return
         if not messages:
             return
@@ -297,14 +287,14 @@ class WebSocketSession(asyncio.Protocol):
         if request.url.path != server.settings.path:
             return http_reply(404, "404: Not Found")
         if request.method != "GET":
-            return http_reply(405, "405: Method Not Allowed", "Allow: GET")
+            return http_reply(405, "405: Method Not Allowed", {"Allow": "GET"})
         headers = request.headers
         if headers.get("Upgrade", "").lower() != "websocket":
             return http_reply(400, "websocket upgrade expected\n")
         version = headers.get("Sec-WebSocket-Version")
         if version is not None and version.strip() != VERSION:
             return http_reply(426, f"unsupported websocket version {version!r} (only {VERSION})\n",
-                              f"Sec-WebSocket-Version: {VERSION}")
+                              {"Sec-WebSocket-Version": VERSION})
         if version is None or handshake_error(headers) is not None:
             return http_reply(400, "invalid websocket handshake\n")
         return None
