@@ -69,21 +69,14 @@ def make_to_lua_pairs(to_lua: Callable[..., Any]) -> Callable[[dict], tuple]:
     """A dict as ``(n, k1, v1, ... kn, vn)`` for Lua to build the table from
     (prelude.lua's json_decoded): no table is made in Python and handed over,
     which costs more than the table itself for the small objects clients
-    send. Nested values go through ``to_lua`` (one level down)."""
+    send. Values but strings go through ``to_lua`` (nested ones one level down)."""
 
     def to_lua_pairs(value: dict) -> tuple:
         out: list[Any] = [0]
         for k, v in value.items():
-            kind = type(v)
-            if kind is str:
-                v = v.encode()
-            elif v is None:  # a table cannot hold nil: the key is absent
+            if v is None:  # a table cannot hold nil: the key is absent
                 continue
-            elif kind is dict or kind is list or kind is tuple:
-                v = to_lua(v, 1)
-            elif kind is int and not _INT64_MIN <= v <= _INT64_MAX:
-                v = float(v)
-            out += (k.encode() if type(k) is str else k, v)
+            out += (k.encode() if type(k) is str else k, v.encode() if type(v) is str else to_lua(v, 1))
         out[0] = len(out) // 2
         return tuple(out)
 
