@@ -12,6 +12,7 @@ from importlib import metadata
 from . import logs
 from .config import ConfigError, Settings, load_settings
 from .checker import find_problems
+from .collector import pace_for_connections
 from .engine import Engine, StartupError
 from .grid import workers
 from .grid.center import Center, CenterError
@@ -111,6 +112,7 @@ def supervise(path: str, mode: str, processes: str) -> int:
 async def serve(path: str, mode: str, worker: int | None = None, report_fd: int | None = None) -> int:
     """Run one engine until SIGINT/SIGTERM; ``worker``: as -p's worker of that
     index, reporting its start to its parent on report_fd."""
+    pace_for_connections()
     try:
         settings = load_for(path, mode)
         if worker is not None:
