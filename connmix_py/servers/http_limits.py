@@ -145,6 +145,13 @@ class _LimitedHandler(RequestHandler):
         return _closing_response(status, status.phrase.lower())
 
 
+def sweep_period(head_timeout: float) -> float:
+    """How often our protocols look for heads past their deadline: a few
+    times per timeout, at least once a second (a late head is closed within
+    a quarter of the timeout, or a second, after it)."""
+    return min(1.0, head_timeout / 4)
+
+
 def head_parser(protocol: Any) -> HttpRequestParser:
     """aiohttp's request-head parser, for a protocol of ours that reads heads itself."""
     # Typed for aiohttp's protocols; it keeps ours only for a body it is never fed.
