@@ -119,7 +119,9 @@ class ApiConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.remote = ""
         self.port: int | str = "?"
-        self.buffer = bytearray()  # from the first byte of the request being read or answered
+        # From the first byte of the request being read or answered: the read
+        # itself when a request came whole (no copy), else a bytearray.
+        self.buffer: bytes | bytearray = b""
         self.fed = 0  # bytes of the buffer the parser has seen
         self.parser: HttpRequestParser | None = None
         self.request: Head | None = None  # the head while its body comes and it is answered
@@ -149,10 +151,16 @@ class ApiConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
         self._cancel_timers()
-        self.buffer = bytearray()
+        self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        buffer = self.buffer
+        if not buffer:
+            self.buffer = data
+        elif isinstance(buffer, bytearray):
+            buffer += data
+        else:  # more of a request: from now on added to in place
+            self.buffer = bytearray(buffer) + data
         if self.busy:
             if len(self.buffer) - self.body_end > MAX_READ_AHEAD and not self.paused:
                 self.paused = True
@@ -302,7 +310,7 @@ class ApiConnection(asyncio.Protocol):
         if request_log.log.isEnabledFor(logging.DEBUG):
             request_log.log_line(request.method, request.target, status or int(response[9:12]), started,
                                  request.header("authorization"), self.remote)
-        del self.buffer[:self.body_end]
+        self.buffer = self.buffer[self.body_end:]
         self.request = None
         self.body_end = self.head_end = 0
         if request.should_close or status == 500:
@@ -345,7 +353,7 @@ class ApiConnection(asyncio.Protocol):
         # http_limits' handler; counted here, with the lean connections.
         handler.over_limit = self.over_limit  # type: ignore[attr-defined]
         transport.set_protocol(handler)
-        data, self.buffer = bytes(self.buffer), bytearray()
+        data, self.buffer = bytes(self.buffer), b""
         if self.paused:
             transport.resume_reading()
         handler.data_received(data)

@@ -190,11 +190,28 @@ _PHRASES = {status.value: status.phrase for status in HTTPStatus}  # a dict look
 def reply(status: int, body: bytes, version: str, close: bool, headers: dict[str, str] | None = None,
           content_type: str = "application/json") -> bytes:
     """A whole response, for a protocol of ours that answers without aiohttp."""
-    head = [f"HTTP/{version} {status} {_PHRASES[status]}", f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}"]
+    if headers is None:  # the usual reply: its head but for the length is made once
+        key = (status, version, close, content_type)
+        start = _REPLY_STARTS.get(key)
+        if start is None:
+            start = _REPLY_STARTS[key] = _reply_start(status, version, close, None, content_type)
+    else:
+        start = _reply_start(status, version, close, headers, content_type)
+    return b"%sContent-Length: %d\r\n\r\n%s" % (start, len(body), body)
+
+
+# Heads of replies without extra headers but for the Content-Length (a few
+# statuses, two versions, close or not: a small, bounded table).
+_REPLY_STARTS: dict[tuple[int, str, bool, str], bytes] = {}
+
+
+def _reply_start(status: int, version: str, close: bool, headers: dict[str, str] | None,
+                 content_type: str) -> bytes:
+    """A reply's status line and headers, all but the Content-Length that ends them."""
+    head = [f"HTTP/{version} {status} {_PHRASES[status]}", f"Content-Type: {content_type}"]
     if close:
         head.append("Connection: close")
     elif version == "1.0":  # a 1.0 client asked for keep-alive
         head.append("Connection: keep-alive")
     head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    return ("\r\n".join(head) + "\r\n").encode()

@@ -16,7 +16,9 @@ parser lives only until the upgrade.
 
 Bounds before the upgrade are those of the HTTP ports (http_limits.py): the
 request head within handshakeTimeout, 431 for a head too big, 400 for a
-malformed one, 503 over maxConnections, one rate-limited log line each.
+malformed one, 503 over maxConnections, one rate-limited log line each. The
+head timeout is a deadline per session that one sweep per server checks a few
+times per timeout (no timer per connection).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from ..lua.vm import LuaVM
 from ..metrics import HANDSHAKE_REFUSED
 from ..textproto import first_values
 from .closing import forget, run_on_close
-from .http_limits import bad_head, head_parser, reply
+from .http_limits import bad_head, head_parser, reply, sweep_period
 from .limits import RateLimitedLog, watch_descriptors
 from .rfc6455 import VERSION, close_code_error
 from .ws_codec import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
@@ -122,10 +124,13 @@ class WebSocketServer:
         self.conns: set[Connection] = set()
         # Every TCP connection, upgraded or not (maxConnections counts them all).
         self.sessions: set[WebSocketSession] = set()
+        # Sessions whose request head is not in yet (the head sweep's).
+        self.awaiting_head: set[WebSocketSession] = set()
         self.port = settings.port
         self.refusals = RateLimitedLog(http_log)
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._head_sweeper: asyncio.Task | None = None
         self._drain: asyncio.Future | None = None  # while stop() waits for the connections to end
 
     async def start(self) -> None:
@@ -137,6 +142,18 @@ class WebSocketServer:
             self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(
             enforce_timeouts(self.conns, lambda conn, now: conn.session.check_close(now)))
+        self._head_sweeper = asyncio.create_task(self._sweep_heads())
+
+    async def _sweep_heads(self) -> None:
+        """Close the connections whose request head is late (as a timer per connection did)."""
+        loop = asyncio.get_running_loop()
+        period = sweep_period(self.settings.handshake_timeout)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for session in [s for s in self.awaiting_head if s.head_deadline <= now]:
+                self.awaiting_head.discard(session)
+                session.transport.close()
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; open connections go on."""
@@ -155,8 +172,9 @@ class WebSocketServer:
         answer to our 1001 is not awaited any longer; what is queued (the
         1001) is flushed and the socket closed, and SHUTDOWN_GRACE bounds
         that flush and the on_close runs before the rest is aborted."""
-        if self._sweeper:
-            self._sweeper.cancel()
+        for sweeper in (self._sweeper, self._head_sweeper):
+            if sweeper:
+                sweeper.cancel()
         await self.stop_accepting()
         self.close_clients()
         for session in list(self.sessions):
@@ -200,7 +218,7 @@ class WebSocketSession(asyncio.Protocol):
     """One TCP connection: the upgrade, then its frames and the worker
     running its callbacks in order."""
 
-    __slots__ = ("server", "transport", "remote", "conn", "parser", "head_timer", "early", "reader",
+    __slots__ = ("server", "transport", "remote", "conn", "parser", "head_deadline", "early", "reader",
                  "worker", "inbox", "paused", "close_sent", "close_started", "client_code")
 
     def __init__(self, server: WebSocketServer) -> None:
@@ -209,7 +227,7 @@ class WebSocketSession(asyncio.Protocol):
         self.remote = ""
         self.conn: Connection | None = None  # made once the request head is in
         self.parser: HttpRequestParser | None = None  # until the upgrade
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_deadline = 0.0  # loop time the request head is due by
         self.early: bytearray | None = None  # input that came while on_handshake ran
         self.reader: FrameReader | None = None  # from the upgrade on
         self.worker: asyncio.Task | None = None  # set while a callback waits
@@ -229,8 +247,9 @@ class WebSocketSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if peer else ""
         self.parser = head_parser(self)
-        self.head_timer = asyncio.get_running_loop().call_later(self.server.settings.handshake_timeout,
-                                                                transport.close)
+        server = self.server
+        self.head_deadline = asyncio.get_running_loop().time() + server.settings.handshake_timeout
+        server.awaiting_head.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.reader is not None:
@@ -254,9 +273,7 @@ class WebSocketSession(asyncio.Protocol):
         if not messages:
             return
         self.parser = None
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.server.awaiting_head.discard(self)
         request = messages[0][0]
         answer = self._check_request(request)
         if answer is not None:
@@ -518,9 +535,7 @@ class WebSocketSession(asyncio.Protocol):
         return False  # a half-close without a close frame ends the connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.server.awaiting_head.discard(self)
         self.parser = None
         conn = self.conn
         if conn is None or self.reader is None:  # never upgraded (on_handshake may still run)
