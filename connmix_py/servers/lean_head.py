@@ -46,7 +46,7 @@ class Head:
     __slots__ = ("method", "target", "path", "version", "should_close", "upgrade", "headers", "fields")
 
     def __init__(self, method: str, target: str, path: str, version: str, should_close: bool, upgrade: bool,
-                 headers: dict[str, str], fields: list[tuple[str, str]]) -> None:
+                 headers: dict[str, str], fields: list[tuple[str, str, str]]) -> None:
         self.method = method
         self.target = target  # as sent, query included
         self.path = path  # the decoded path, without the query
@@ -54,7 +54,7 @@ class Head:
         self.should_close = should_close
         self.upgrade = upgrade  # Connection: upgrade and an Upgrade header (llhttp's rule)
         self.headers = headers  # lower-case name -> first value
-        self.fields = fields  # (name as sent, value), every line in order
+        self.fields = fields  # (name as sent, lower-case name, value), every line in order
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by its lower-case name."""
@@ -79,13 +79,13 @@ def read_head(head: bytes | bytearray) -> Head | None:
         field = _field(line)
         if field is None:
             return None
-        name, lower, value = field
-        fields.append((name, value))
+        fields.append(field)
+        lower = field[1]
         if lower in headers:
             if lower in _SINGLE:
                 return None  # a repeat llhttp may refuse or read differently
             continue
-        headers[lower] = value
+        headers[lower] = field[2]
     return _head(request_line, headers, fields)
 
 
@@ -117,7 +117,7 @@ def _field(line: str) -> tuple[str, str, str] | None:
 
 
 def _head(request_line: tuple[str, str, str, str], headers: dict[str, str],
-          fields: list[tuple[str, str]]) -> Head | None:
+          fields: list[tuple[str, str, str]]) -> Head | None:
     """The Head once the lines are read, or None for headers llhttp weighs in ways not mirrored here."""
     method, target, path, version = request_line
     if "transfer-encoding" in headers or (version == "1.1" and "host" not in headers):
@@ -129,23 +129,33 @@ def _head(request_line: tuple[str, str, str, str], headers: dict[str, str],
     upgrade = False
     connection = headers.get("connection")
     if connection is not None:
-        tokens = {token.strip(" \t").lower() for token in connection.split(",")}
-        if not tokens <= _CONNECTION_TOKENS or {"close", "keep-alive"} <= tokens:
+        tokens = _connection(connection)
+        if tokens is None:
             return None
-        if "close" in tokens:
-            should_close = True
-        elif "keep-alive" in tokens:
-            should_close = False
-        upgrade = "upgrade" in tokens and "upgrade" in headers
+        close, upgrade = tokens
+        if close is not None:
+            should_close = close
+        upgrade = upgrade and "upgrade" in headers
     return Head(method, target, path, version, should_close, upgrade, headers, fields)
+
+
+@lru_cache(maxsize=64)
+def _connection(value: str) -> tuple[bool | None, bool] | None:
+    """(close: True, keep-alive: False, neither: None; upgrade) of a plain
+    Connection value, else None."""
+    tokens = {token.strip(" \t").lower() for token in value.split(",")}
+    if not tokens <= _CONNECTION_TOKENS or {"close", "keep-alive"} <= tokens:
+        return None
+    close = True if "close" in tokens else False if "keep-alive" in tokens else None
+    return close, "upgrade" in tokens
 
 
 def from_parsed(request: Any) -> Head:
     """The Head of a request aiohttp's parser read (a RawRequestMessage)."""
-    fields = list(request.headers.items())
+    fields = [(name, name.lower(), value) for name, value in request.headers.items()]
     headers: dict[str, str] = {}
-    for name, value in fields:
-        headers.setdefault(name.lower(), value)
+    for _, lower, value in fields:
+        headers.setdefault(lower, value)
     version = request.version
     return Head(request.method, request.path, request.url.path, f"{version.major}.{version.minor}",
                 request.should_close, request.upgrade, headers, fields)

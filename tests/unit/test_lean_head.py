@@ -28,7 +28,7 @@ def head(*lines: str, request_line: str = "POST /v1/mesh/publish HTTP/1.1", host
 def fields_of(parsed: Head) -> tuple:
     # aiohttp gives well-known names in its own case: callers read names case-blind (Go's canonical form).
     return (parsed.method, parsed.target, parsed.path, parsed.version, parsed.should_close, parsed.upgrade,
-            parsed.headers, [(canonical_header(name), value) for name, value in parsed.fields])
+            parsed.headers, [(canonical_header(name), lower, value) for name, lower, value in parsed.fields])
 
 
 def c_parser_reads(data: bytes) -> Head | None:
@@ -135,7 +135,7 @@ async def test_what_the_callers_read():
     assert publish.header("content-length") == "40" and publish.header("authorization") is None
     upgrade = read_head(UPGRADE)
     assert upgrade is not None and upgrade.upgrade and upgrade.path == "/ws"
-    assert upgrade.fields[3] == ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+    assert upgrade.fields[3] == ("Sec-WebSocket-Key", "sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
     http10 = read_head(NOT_SIMPLE["two spaces"].replace(b"GET  /", b"GET /").replace(b"1.1", b"1.0"))
     assert http10 is not None and http10.should_close
 
