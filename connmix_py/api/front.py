@@ -184,7 +184,7 @@ class ApiConnection(asyncio.Protocol):
             if len(self.buffer) < self.body_end or self.body_end - self.head_end > MAX_BODY:
                 self._check_body_size()
                 return  # the body timer runs
-            if not self._answer():
+            if not self._answer() or not self.buffer:  # nothing more read: the usual end
                 return
 
     def _read_head(self) -> bool:
