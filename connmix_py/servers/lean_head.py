@@ -140,7 +140,7 @@ def _head(request_line: tuple[str, str, str, str], headers: dict[str, str],
         close, upgrade = tokens
         if close is not None:
             should_close = close
-        upgrade = upgrade and "upgrade" in headers
+        upgrade = upgrade and bool(headers.get("upgrade"))  # an empty Upgrade is none to llhttp
     return Head(method, target, path, version, should_close, upgrade, headers, fields)
 
 

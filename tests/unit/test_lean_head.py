@@ -63,6 +63,7 @@ PLAIN = {
                                    request_line="GET /ws HTTP/1.1"),
     "upgrade without its header": head("Connection: upgrade", request_line="GET /ws HTTP/1.1"),
     "upgrade header alone": head("Upgrade: websocket", request_line="GET /ws HTTP/1.1"),
+    "empty upgrade header": head("Connection: Upgrade", "Upgrade:", request_line="GET /ws HTTP/1.1"),
     "case of names": head("content-length: 5", "AUTHORIZATION: Basic eDp5", "hOsT: x", host=False),
     "duplicate authorization": head("Authorization: Basic YTpi", "Authorization: Basic Yzpk",
                                     "Content-Length: 1"),
@@ -141,10 +142,14 @@ async def test_what_the_callers_read():
 
 
 # Pieces plain heads are made of, and bytes that break them.
-_NAMES = st.sampled_from(["Host", "content-length", "Connection", "Upgrade", "Authorization", "X-A", "x-a",
-                          "Expect", "Transfer-Encoding", "Te", "Sec-WebSocket-Key"])
-_VALUES = st.sampled_from(["1", "12", "x", " a b ", "\tv\t", "", "close", "keep-alive", "Upgrade",
-                           "keep-alive, upgrade", "websocket", "chunked", "100-continue", "-1", "1,2"])
+_NAMES = st.one_of(
+    st.text("!#$%&'*+-.^_`|~aZ09 ()/:;@\"", max_size=4),
+    st.sampled_from(["Host", "content-length", "Connection", "Upgrade", "Authorization", "X-A", "x-a",
+                     "Expect", "Transfer-Encoding", "Te", "Sec-WebSocket-Key"]))
+_VALUES = st.one_of(
+    st.text(" \t!~aZ09,;=\"\\", max_size=5),
+    st.sampled_from(["1", "12", "x", " a b ", "\tv\t", "", "close", "keep-alive", "Upgrade",
+                     "keep-alive, upgrade", "websocket", "chunked", "100-continue", "-1", "1,2"]))
 _LINES = st.sampled_from(["POST /v1/mesh/publish HTTP/1.1", "POST /v1/mesh/send HTTP/1.0", "GET /ws?a=b HTTP/1.1",
                           "GET / HTTP/1.0", "PUT /a.b/c/ HTTP/1.1", "HEAD /x HTTP/1.1"])
 _NOISE = st.sampled_from([b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"\x80", b"%", b"/", b".", b"?", b",", b"\x7f"])
