@@ -3,14 +3,17 @@ here, and ``POST /v1/mesh/publish`` and ``POST /v1/mesh/send`` are answered
 without aiohttp's per-request machinery (no Request or Response objects, no
 middleware chain, no router: profiles put most of a publish's cost there).
 
-The head of each request is parsed with aiohttp's C parser (a fresh one per
-request: cheaper than feeding it the body), the body is taken from this
+The head of each request is read by servers/lean_head.py when it is plain,
+else by aiohttp's C parser (a fresh one per request: cheaper than feeding it
+the body), which keeps every verdict on an unusual head; the body is taken from this
 connection's buffer and handed to the same functions as the aiohttp routes
 (http.answer), after the same access check (access.check) and with the same
 debug line (request_log.log_line). Bounds are those of http_limits.py: the
 head within handshakeTimeout of the accept or of the previous reply, the
 body within bodyTimeout of its head (408), maxConnections (503), 16 MiB of
-body (413), 431/400 for a head too big or malformed.
+body (413), 431/400 for a head too big or malformed. The head timeout is a
+deadline on each connection that one sweep per front checks a few times per
+timeout (no timer per request: arming and cancelling one cost 2.4 us).
 
 Any other request (every GET, /ws/v1 upgrades, chunked bodies, ``Expect``,
 a query string, ...) hands the connection to aiohttp at that request's
@@ -32,7 +35,8 @@ from aiohttp.http_parser import HttpRequestParser
 
 from ..config import AccessSettings
 from ..eager import at_once_or_handle
-from ..servers.http_limits import HttpLimits, bad_head, head_parser, reply
+from ..servers.http_limits import HttpLimits, bad_head, head_parser, reply, sweep_period
+from ..servers.lean_head import Head, from_parsed, read_head
 from ..servers.limits import RateLimitedLog, watch_descriptors
 from . import access, request_log, requests
 from .http import answer
@@ -61,6 +65,8 @@ class ApiFront:
         self.connections: set[ApiConnection] = set()
         self.refusals = RateLimitedLog(http_log)
         self.servers: list[asyncio.base_events.Server] = []
+        self.loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.Task | None = None
 
     async def listen(self, bind: str, port: int, reuse_port: bool = False) -> int:
         """Serve on bind:port (0: any); the port listened on."""
@@ -68,6 +74,8 @@ class ApiFront:
         server = await loop.create_server(lambda: ApiConnection(self), bind, port, backlog=1024,
                                           reuse_port=reuse_port or None)
         self.servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
         return int(server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
@@ -75,6 +83,9 @@ class ApiFront:
         for server in self.servers:
             server.close()
         self.servers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in list(self.connections):
             connection.transport.close()
 
@@ -82,6 +93,15 @@ class ApiFront:
         """Ours and aiohttp's: maxConnections counts both."""
         server = self.runner.server
         return len(self.connections) + (len(server.connections) if server is not None else 0)
+
+    async def _sweep(self) -> None:
+        """Close the connections whose next head is late (as a timer per request did)."""
+        period = sweep_period(self.limits.head_timeout)
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            for connection in [c for c in self.connections if 0 < c.head_deadline <= now]:
+                connection.transport.close()
 
     def refuse(self, port: int | str, method: str, remote: str, status: int, reason: str) -> None:
         self.refusals.warning((port, status), "port %s: refused %s from %s: %s (%d)",
@@ -92,20 +112,22 @@ class ApiConnection(asyncio.Protocol):
     """One apiServer connection while it is ours."""
 
     __slots__ = ("front", "transport", "remote", "port", "buffer", "fed", "parser", "request", "head_end",
-                 "body_end", "head_timer", "body_timer", "busy", "paused", "over_limit")
+                 "body_end", "head_deadline", "body_timer", "busy", "paused", "over_limit")
 
     def __init__(self, front: ApiFront) -> None:
         self.front = front
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.remote = ""
         self.port: int | str = "?"
-        self.buffer = bytearray()  # from the first byte of the request being read or answered
+        # From the first byte of the request being read or answered: the read
+        # itself when a request came whole (no copy), else a bytearray.
+        self.buffer: bytes | bytearray = b""
         self.fed = 0  # bytes of the buffer the parser has seen
         self.parser: HttpRequestParser | None = None
-        self.request: Any = None  # the parsed head while its body comes and it is answered
+        self.request: Head | None = None  # the head while its body comes and it is answered
         self.head_end = 0
         self.body_end = 0
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_deadline = 0.0  # loop time the next head is due by; 0 while none is awaited
         self.body_timer: asyncio.TimerHandle | None = None
         self.busy = False  # an answer is being computed
         self.paused = False
@@ -129,10 +151,16 @@ class ApiConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
         self._cancel_timers()
-        self.buffer = bytearray()
+        self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        buffer = self.buffer
+        if not buffer:
+            self.buffer = data
+        elif isinstance(buffer, bytearray):
+            buffer += data
+        else:  # more of a request: from now on added to in place
+            self.buffer = bytearray(buffer) + data
         if self.busy:
             if len(self.buffer) - self.body_end > MAX_READ_AHEAD and not self.paused:
                 self.paused = True
@@ -145,8 +173,8 @@ class ApiConnection(asyncio.Protocol):
     def _await_head(self) -> None:
         self.parser = None
         self.fed = 0
-        self.head_timer = asyncio.get_running_loop().call_later(
-            self.front.limits.head_timeout, self.transport.close)
+        front = self.front
+        self.head_deadline = front.loop.time() + front.limits.head_timeout
 
     def _go_on(self) -> None:
         """Read what the buffer holds: heads, bodies, answers, in order."""
@@ -156,7 +184,7 @@ class ApiConnection(asyncio.Protocol):
             if len(self.buffer) < self.body_end or self.body_end - self.head_end > MAX_BODY:
                 self._check_body_size()
                 return  # the body timer runs
-            if not self._answer():
+            if not self._answer() or not self.buffer:  # nothing more read: the usual end
                 return
 
     def _read_head(self) -> bool:
@@ -168,6 +196,10 @@ class ApiConnection(asyncio.Protocol):
         if upto == self.fed:
             return False
         if self.parser is None:
+            if end >= 0:  # the whole head came at once: most often a plain one
+                head = read_head(buffer[:upto])
+                if head is not None:
+                    return self._head_read(head, upto)
             self.parser = head_parser(self)
         try:
             messages, _, _ = self.parser.feed_data(bytes(buffer[self.fed:upto]))
@@ -181,12 +213,15 @@ class ApiConnection(asyncio.Protocol):
         if not messages:  # a head our parser read no request from: aiohttp decides
             self._hand_over()
             return False
-        request = messages[0][0]
+        return self._head_read(from_parsed(messages[0][0]), upto)
+
+    def _head_read(self, request: Head, upto: int) -> bool:
+        """Take a head read up to ``upto`` of the buffer: whether it is one to answer here."""
         length = _lean_body_length(request)
         if length is None:
             self._hand_over()
             return False
-        self._cancel_timers()
+        self.head_deadline = 0.0
         if self.over_limit:
             self._refuse(request.method, HTTPStatus.SERVICE_UNAVAILABLE,
                          f"maxConnections {self.front.limits.max_connections} reached", "too many connections")
@@ -195,14 +230,14 @@ class ApiConnection(asyncio.Protocol):
         self.head_end = upto
         self.body_end = upto + length
         timeout = self.front.limits.body_timeout
-        if timeout and len(buffer) < self.body_end:
+        if timeout and len(self.buffer) < self.body_end:
             self.body_timer = asyncio.get_running_loop().call_later(timeout, self._body_late)
         return True
 
     def _check_body_size(self) -> None:
         # As aiohttp's client_max_size: refused once more than that has come.
         received = len(self.buffer) - self.head_end
-        if received > MAX_BODY:
+        if received > MAX_BODY and self.request is not None:
             self._refuse(self.request.method, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                          f"request body over {MAX_BODY} bytes",
                          f"maximum request body size {MAX_BODY} exceeded, actual body size {received}")
@@ -213,6 +248,7 @@ class ApiConnection(asyncio.Protocol):
             self.body_timer.cancel()
             self.body_timer = None
         request = self.request
+        assert request is not None
         body = bytes(self.buffer[self.head_end:self.body_end])
         started = time.perf_counter()
         verdict = self._check_access(request)
@@ -220,12 +256,12 @@ class ApiConnection(asyncio.Protocol):
             self._respond(verdict, started)
             return not self.transport.is_closing()
         try:  # on one node the mesh finishes without waiting: no task, no loop turn
-            outcome = at_once_or_handle(answer(ACTIONS[request.path], self.front.mesh, body))
+            outcome = at_once_or_handle(answer(ACTIONS[request.target], self.front.mesh, body))
         except Exception:
             self._failed(request, started)
             return False
         if isinstance(outcome, bytes):
-            self._respond(reply(200, outcome, _version(request), request.should_close), started)
+            self._respond(reply(200, outcome, request.version, request.should_close), started)
             return not self.transport.is_closing()
         self.busy = True  # a grid node waits for its broker: later requests wait their turn
         asyncio.get_running_loop().create_task(self._finish(outcome(), started))
@@ -233,6 +269,7 @@ class ApiConnection(asyncio.Protocol):
 
     async def _finish(self, rest: Awaitable[bytes], started: float) -> None:
         request = self.request
+        assert request is not None
         try:
             body = await rest
         except Exception:
@@ -240,39 +277,40 @@ class ApiConnection(asyncio.Protocol):
             self._failed(request, started)
             return
         self.busy = False
-        self._respond(reply(200, body, _version(request), request.should_close), started)
+        self._respond(reply(200, body, request.version, request.should_close), started)
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
         self._go_on()
 
-    def _check_access(self, request: Any) -> bytes | None:
+    def _check_access(self, request: Head) -> bytes | None:
         """The refusal of a request access control does not admit, or None."""
         users = self.front.current_access().users
         if not users:
             return None
-        verdict = access.check(users, request.headers.get("Authorization"), self.remote,
-                               request.method, request.path, "write")
+        verdict = access.check(users, request.header("authorization"), self.remote,
+                               request.method, request.target, "write")
         if not isinstance(verdict, tuple):
             return None
         status, message = verdict
-        return reply(status, orjson.dumps({"error": message}), _version(request), request.should_close,
+        return reply(status, orjson.dumps({"error": message}), request.version, request.should_close,
                      access.refusal_headers(status), "application/json; charset=utf-8")
 
-    def _failed(self, request: Any, started: float) -> None:
+    def _failed(self, request: Head, started: float) -> None:
         """A bug of ours: logged with its traceback, 500 (as aiohttp answers) and close."""
-        log.exception("api: %s %s failed", request.method, request.path)
+        log.exception("api: %s %s failed", request.method, request.target)
         self._respond(reply(500, b"500 Internal Server Error\n\nServer got itself in trouble",
-                            _version(request), True, content_type="text/plain; charset=utf-8"), started, 500)
+                            request.version, True, content_type="text/plain; charset=utf-8"), started, 500)
 
     def _respond(self, response: bytes, started: float, status: int | None = None) -> None:
         """Send a reply to the current request; wait for the next head or close."""
         request = self.request
+        assert request is not None
         self.transport.write(response)
         if request_log.log.isEnabledFor(logging.DEBUG):
-            request_log.log_line(request.method, request.path, status or int(response[9:12]), started,
-                                 request.headers.get("Authorization"), self.remote)
-        del self.buffer[:self.body_end]
+            request_log.log_line(request.method, request.target, status or int(response[9:12]), started,
+                                 request.header("authorization"), self.remote)
+        self.buffer = self.buffer[self.body_end:]
         self.request = None
         self.body_end = self.head_end = 0
         if request.should_close or status == 500:
@@ -283,6 +321,7 @@ class ApiConnection(asyncio.Protocol):
     def _body_late(self) -> None:
         self.body_timer = None
         request = self.request
+        assert request is not None
         self._refuse(request.method, HTTPStatus.REQUEST_TIMEOUT,
                      f"request body not received within {self.front.limits.body_timeout:g}s",
                      "request body not received")
@@ -296,10 +335,10 @@ class ApiConnection(asyncio.Protocol):
         self.transport.close()
 
     def _cancel_timers(self) -> None:
-        for timer in (self.head_timer, self.body_timer):
-            if timer is not None:
-                timer.cancel()
-        self.head_timer = self.body_timer = None
+        self.head_deadline = 0.0
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
 
     def _hand_over(self) -> None:
         """From this request on, the connection is aiohttp's."""
@@ -314,25 +353,21 @@ class ApiConnection(asyncio.Protocol):
         # http_limits' handler; counted here, with the lean connections.
         handler.over_limit = self.over_limit  # type: ignore[attr-defined]
         transport.set_protocol(handler)
-        data, self.buffer = bytes(self.buffer), bytearray()
+        data, self.buffer = bytes(self.buffer), b""
         if self.paused:
             transport.resume_reading()
         handler.data_received(data)
 
 
-def _version(request: Any) -> str:
-    return f"{request.version.major}.{request.version.minor}"
-
-
-def _lean_body_length(request: Any) -> int | None:
+def _lean_body_length(request: Head) -> int | None:
     """The Content-Length of a request the front answers itself; None for
     every other request (aiohttp's)."""
-    if request.method != "POST" or request.path not in ACTIONS or request.upgrade or request.chunked:
+    if request.method != "POST" or request.target not in ACTIONS or request.upgrade:
         return None
     headers = request.headers
-    if "Expect" in headers or "Transfer-Encoding" in headers or request.version.major != 1:
+    if "expect" in headers or "transfer-encoding" in headers or request.version not in ("1.1", "1.0"):
         return None
-    length = headers.get("Content-Length")
+    length = headers.get("content-length")
     if length is None or not length.isdigit():
         return None
     return int(length)

@@ -145,6 +145,13 @@ class _LimitedHandler(RequestHandler):
         return _closing_response(status, status.phrase.lower())
 
 
+def sweep_period(head_timeout: float) -> float:
+    """How often our protocols look for heads past their deadline: a few
+    times per timeout, at least once a second (a late head is closed within
+    a quarter of the timeout, or a second, after it)."""
+    return min(1.0, head_timeout / 4)
+
+
 def head_parser(protocol: Any) -> HttpRequestParser:
     """aiohttp's request-head parser, for a protocol of ours that reads heads itself."""
     # Typed for aiohttp's protocols; it keeps ours only for a body it is never fed.
@@ -183,11 +190,28 @@ _PHRASES = {status.value: status.phrase for status in HTTPStatus}  # a dict look
 def reply(status: int, body: bytes, version: str, close: bool, headers: dict[str, str] | None = None,
           content_type: str = "application/json") -> bytes:
     """A whole response, for a protocol of ours that answers without aiohttp."""
-    head = [f"HTTP/{version} {status} {_PHRASES[status]}", f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}"]
+    if headers is None:  # the usual reply: its head but for the length is made once
+        key = (status, version, close, content_type)
+        start = _REPLY_STARTS.get(key)
+        if start is None:
+            start = _REPLY_STARTS[key] = _reply_start(status, version, close, None, content_type)
+    else:
+        start = _reply_start(status, version, close, headers, content_type)
+    return b"%sContent-Length: %d\r\n\r\n%s" % (start, len(body), body)
+
+
+# Heads of replies without extra headers but for the Content-Length (a few
+# statuses, two versions, close or not: a small, bounded table).
+_REPLY_STARTS: dict[tuple[int, str, bool, str], bytes] = {}
+
+
+def _reply_start(status: int, version: str, close: bool, headers: dict[str, str] | None,
+                 content_type: str) -> bytes:
+    """A reply's status line and headers, all but the Content-Length that ends them."""
+    head = [f"HTTP/{version} {status} {_PHRASES[status]}", f"Content-Type: {content_type}"]
     if close:
         head.append("Connection: close")
     elif version == "1.0":  # a 1.0 client asked for keep-alive
         head.append("Connection: keep-alive")
     head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    return ("\r\n".join(head) + "\r\n").encode()

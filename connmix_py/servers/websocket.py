@@ -1,9 +1,9 @@
 """`protocol: websocket` servers: one asyncio.Protocol per connection,
 driving the entry script's callbacks.
 
-A connection's life: the upgrade request is parsed (aiohttp's C HTTP
-parser) and checked (path, then a valid websocket handshake of version 13),
-``on_handshake`` may refuse it (403; a Lua error there is a 500), frames go
+A connection's life: the upgrade request is read (servers/lean_head.py when
+the head is plain, else aiohttp's C HTTP parser) and checked (path, then a
+valid websocket handshake of version 13), ``on_handshake`` may refuse it (403; a Lua error there is a 500), frames go
 to ``on_message`` one at a time, and ``on_close`` runs exactly once with nil
 after a clean close and the reason otherwise. RFC 6455 violations close the
 connection (ws_codec.py): text that is not UTF-8 with 1007, an unmasked
@@ -11,12 +11,15 @@ frame or a bad close code with 1002, a message over maxMessageSize with 1009.
 
 Per connection the server keeps a session (this module), its frame reader
 and the Connection: no request, response, reader queue or writer objects,
-and no read buffer beyond a frame cut off by the end of a read. The request
-parser lives only until the upgrade.
+and no read buffer beyond a frame cut off by the end of a read. A request
+parser is made only for a head that is not plain or comes in pieces, and
+lives only until the upgrade.
 
 Bounds before the upgrade are those of the HTTP ports (http_limits.py): the
 request head within handshakeTimeout, 431 for a head too big, 400 for a
-malformed one, 503 over maxConnections, one rate-limited log line each.
+malformed one, 503 over maxConnections, one rate-limited log line each. The
+head timeout is a deadline per session that one sweep per server checks a few
+times per timeout (no timer per connection).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import hashlib
 import logging
 import struct
 from collections import deque
-from typing import Any, Awaitable, Callable, cast
+from typing import Awaitable, Callable, cast
 
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParser
@@ -43,7 +46,8 @@ from ..lua.vm import LuaVM
 from ..metrics import HANDSHAKE_REFUSED
 from ..textproto import first_values
 from .closing import forget, run_on_close
-from .http_limits import bad_head, head_parser, reply
+from .http_limits import bad_head, head_parser, reply, sweep_period
+from .lean_head import Head, from_parsed, read_head
 from .limits import RateLimitedLog, watch_descriptors
 from .rfc6455 import VERSION, close_code_error
 from .ws_codec import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
@@ -71,12 +75,12 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + _ACCEPT_GUID).digest()).decode()
 
 
-def handshake_error(headers: Any) -> str | None:
+def handshake_error(request: Head) -> str | None:
     """Why the upgrade request is not a valid websocket handshake (RFC 6455
     4.2.1), or None; the version is checked before (426)."""
-    if "upgrade" not in headers.get("Connection", "").lower():
+    if "upgrade" not in (request.header("connection") or "").lower():
         return "no Connection: upgrade"
-    key = headers.get("Sec-WebSocket-Key")
+    key = request.header("sec-websocket-key")
     try:
         if key is None or len(base64.b64decode(key, validate=True)) != 16:
             return "bad Sec-WebSocket-Key"
@@ -85,15 +89,13 @@ def handshake_error(headers: Any) -> str | None:
     return None
 
 
-def handshake_tables(request: Any, remote: str) -> tuple[dict, dict]:
+def handshake_tables(request: Head, remote: str) -> tuple[dict, dict]:
     """on_handshake's ``headers`` (first value of each, like Go's Header.Get)
-    and ``server`` arguments, from the parsed request."""
-    headers = first_values(request.headers.items())
-    version = request.version
+    and ``server`` arguments, from the request head."""
+    headers = first_values((name, value) for name, _, value in request.fields)
     server = {
-        "Method": request.method, "RequestUri": request.path,
-        "ServerProtocol": f"HTTP/{version.major}.{version.minor}",
-        "Host": request.headers.get("Host", ""), "RemoteAddr": remote,
+        "Method": request.method, "RequestUri": request.target, "ServerProtocol": "HTTP/" + request.version,
+        "Host": request.header("host") or "", "RemoteAddr": remote,
     }
     return headers, server
 
@@ -122,10 +124,13 @@ class WebSocketServer:
         self.conns: set[Connection] = set()
         # Every TCP connection, upgraded or not (maxConnections counts them all).
         self.sessions: set[WebSocketSession] = set()
+        # Sessions whose request head is not in yet (the head sweep's).
+        self.awaiting_head: set[WebSocketSession] = set()
         self.port = settings.port
         self.refusals = RateLimitedLog(http_log)
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._head_sweeper: asyncio.Task | None = None
         self._drain: asyncio.Future | None = None  # while stop() waits for the connections to end
 
     async def start(self) -> None:
@@ -137,6 +142,18 @@ class WebSocketServer:
             self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(
             enforce_timeouts(self.conns, lambda conn, now: conn.session.check_close(now)))
+        self._head_sweeper = asyncio.create_task(self._sweep_heads())
+
+    async def _sweep_heads(self) -> None:
+        """Close the connections whose request head is late (as a timer per connection did)."""
+        loop = asyncio.get_running_loop()
+        period = sweep_period(self.settings.handshake_timeout)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for session in [s for s in self.awaiting_head if s.head_deadline <= now]:
+                self.awaiting_head.discard(session)
+                session.transport.close()
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; open connections go on."""
@@ -155,8 +172,9 @@ class WebSocketServer:
         answer to our 1001 is not awaited any longer; what is queued (the
         1001) is flushed and the socket closed, and SHUTDOWN_GRACE bounds
         that flush and the on_close runs before the rest is aborted."""
-        if self._sweeper:
-            self._sweeper.cancel()
+        for sweeper in (self._sweeper, self._head_sweeper):
+            if sweeper:
+                sweeper.cancel()
         await self.stop_accepting()
         self.close_clients()
         for session in list(self.sessions):
@@ -200,7 +218,7 @@ class WebSocketSession(asyncio.Protocol):
     """One TCP connection: the upgrade, then its frames and the worker
     running its callbacks in order."""
 
-    __slots__ = ("server", "transport", "remote", "conn", "parser", "head_timer", "early", "reader",
+    __slots__ = ("server", "transport", "remote", "conn", "parser", "head_deadline", "early", "reader",
                  "worker", "inbox", "paused", "close_sent", "close_started", "client_code")
 
     def __init__(self, server: WebSocketServer) -> None:
@@ -208,8 +226,8 @@ class WebSocketSession(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.remote = ""
         self.conn: Connection | None = None  # made once the request head is in
-        self.parser: HttpRequestParser | None = None  # until the upgrade
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.parser: HttpRequestParser | None = None  # a head not read at once, until it is in
+        self.head_deadline = 0.0  # loop time the request head is due by; 0 once it is in (or refused)
         self.early: bytearray | None = None  # input that came while on_handshake ran
         self.reader: FrameReader | None = None  # from the upgrade on
         self.worker: asyncio.Task | None = None  # set while a callback waits
@@ -228,14 +246,14 @@ class WebSocketSession(asyncio.Protocol):
         self.server.sessions.add(self)
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if peer else ""
-        self.parser = head_parser(self)
-        self.head_timer = asyncio.get_running_loop().call_later(self.server.settings.handshake_timeout,
-                                                                transport.close)
+        server = self.server
+        self.head_deadline = asyncio.get_running_loop().time() + server.settings.handshake_timeout
+        server.awaiting_head.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.reader is not None:
             self._frames_received(data)
-        elif self.parser is not None:
+        elif self.head_deadline:
             self._head_received(data)
         elif self.early is not None:  # on_handshake runs
             self.early += data
@@ -244,20 +262,29 @@ class WebSocketSession(asyncio.Protocol):
                 self.paused = True
 
     def _head_received(self, data: bytes) -> None:
-        assert self.parser is not None
+        parser = self.parser
+        if parser is None:  # the first bytes: most often a whole plain head
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                head = read_head(data[:end + 4])
+                if head is not None:
+                    self._head_read(head, data[end + 4:])
+                    return
+            parser = self.parser = head_parser(self)
         try:
-            messages, _, tail = self.parser.feed_data(data)
+            messages, _, tail = parser.feed_data(data)
         except BadHttpMessage as exc:
             status, reason = bad_head(exc)
             self._refuse(status, status.phrase.lower() + "\n", reason)
             return
-        if not messages:
-            return
+        if messages:
+            self._head_read(from_parsed(messages[0][0]), tail)
+
+    def _head_read(self, request: Head, tail: bytes) -> None:
+        """The request head is in: refuse it, or run on_handshake."""
         self.parser = None
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-        request = messages[0][0]
+        self.head_deadline = 0.0
+        self.server.awaiting_head.discard(self)
         answer = self._check_request(request)
         if answer is not None:
             self.transport.write(answer)
@@ -272,11 +299,12 @@ class WebSocketSession(asyncio.Protocol):
     def _refuse(self, status: int, text: str, reason: str) -> None:
         """Refuse the request: one log line, the reply, close."""
         self.parser = None
+        self.head_deadline = 0.0
         self.server.refuse(self.remote, status, reason)
         self.transport.write(http_reply(status, text))
         self.transport.close()
 
-    def _check_request(self, request: Any) -> bytes | None:
+    def _check_request(self, request: Head) -> bytes | None:
         """The reply refusing a request that is not a websocket upgrade we
         serve, or None to go on to on_handshake."""
         server = self.server
@@ -284,28 +312,27 @@ class WebSocketSession(asyncio.Protocol):
         if limit and len(server.sessions) > limit:
             server.refuse(self.remote, 503, f"maxConnections {limit} reached")
             return http_reply(503, "too many connections\n")
-        if request.url.path != server.settings.path:
+        if request.path != server.settings.path:
             return http_reply(404, "404: Not Found")
         if request.method != "GET":
             return http_reply(405, "405: Method Not Allowed", {"Allow": "GET"})
-        headers = request.headers
-        if headers.get("Upgrade", "").lower() != "websocket":
+        if (request.header("upgrade") or "").lower() != "websocket":
             return http_reply(400, "websocket upgrade expected\n")
-        version = headers.get("Sec-WebSocket-Version")
+        version = request.header("sec-websocket-version")
         if version is not None and version.strip() != VERSION:
             return http_reply(426, f"unsupported websocket version {version!r} (only {VERSION})\n",
                               {"Sec-WebSocket-Version": VERSION})
-        if version is None or handshake_error(headers) is not None:
+        if version is None or handshake_error(request) is not None:
             return http_reply(400, "invalid websocket handshake\n")
         return None
 
-    async def _handshake(self, request: Any) -> None:
+    async def _handshake(self, request: Head) -> None:
         server, settings = self.server, self.server.settings
         conn = Connection(server.next_client_id(), server, self.remote, settings.max_send_queue,
                           settings.write_timeout, settings.read_timeout, session=self, logger=log)
         self.conn = conn
         if log.isEnabledFor(logging.DEBUG):  # most connections never log a line: no logger made
-            conn.log.debug("accepted on port %d, %s %s", server.port, request.method, request.url.path)
+            conn.log.debug("accepted on port %d, %s %s", server.port, request.method, request.path)
         server.hub.add(conn)
         try:
             refused = await self._verdict(request, conn)
@@ -319,7 +346,8 @@ class WebSocketSession(asyncio.Protocol):
                 self.transport.close()
             self._forget()
             return
-        key = request.headers["Sec-WebSocket-Key"]
+        key = request.header("sec-websocket-key")
+        assert key is not None  # checked by _check_request
         self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                              b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
                              + accept_key(key).encode() + b"\r\n\r\n")
@@ -334,7 +362,7 @@ class WebSocketSession(asyncio.Protocol):
         if early:
             self._frames_received(bytes(early))
 
-    async def _verdict(self, request: Any, conn: Connection) -> bytes | None:
+    async def _verdict(self, request: Head, conn: Connection) -> bytes | None:
         """Run on_handshake; a reply refusing the upgrade, or None to accept."""
         vm = self.server.vm
         headers, server = handshake_tables(request, conn.remote_addr)
@@ -518,9 +546,7 @@ class WebSocketSession(asyncio.Protocol):
         return False  # a half-close without a close frame ends the connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.server.awaiting_head.discard(self)
         self.parser = None
         conn = self.conn
         if conn is None or self.reader is None:  # never upgraded (on_handshake may still run)

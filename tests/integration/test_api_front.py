@@ -197,6 +197,23 @@ async def test_a_connection_busy_past_the_head_timeout_stays_open(started):
     writer.close()
 
 
+async def test_a_kept_alive_connection_idle_past_the_head_timeout_after_several_requests_is_closed(started):
+    """The head deadline is renewed by every reply, pipelined or not, and
+    the front's sweep closes the connection once it idles past it."""
+    engine = await started(api={"handshakeTimeout": 0.5})
+    reader, writer = await connect(engine, publish() + publish() + publish())
+    for _ in range(3):
+        assert (await read_response(reader))[0] == 200
+    for _ in range(2):
+        writer.write(publish())
+        assert (await read_response(reader))[0] == 200
+    assert await closed(reader)
+    writer.close()
+    reader, writer = await connect(engine, publish())  # the port serves on
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
 async def test_a_body_that_does_not_arrive_in_time_gets_408(started, caplog):
     engine = await started(api={"bodyTimeout": 0.5})
     with caplog.at_level(logging.WARNING, logger="connmix.http"):
@@ -237,6 +254,39 @@ async def test_bad_heads_get_one_reply_and_the_port_serves_on(started, head, sta
     assert f"({status})" in caplog.text and "Traceback" not in caplog.text
     writer.close()
     reader, writer = await connect(engine, publish())
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
+PUBLISH_BODY = b'{"c":"room","d":"hi"}'
+# Publishes whose heads the lean reader leaves to aiohttp's parser: answered as before.
+UNUSUAL_PUBLISHES = {
+    "byte over 0x7f in a header": b"X-Name: caf\xc3\xa9\r\n",
+    "head over the plain bound": b"X-Big: " + b"a" * 5000 + b"\r\n",
+    "connection with an unknown token": b"Connection: keep-alive, TE\r\nTE: trailers\r\n",
+}
+
+
+@pytest.mark.parametrize("extra", list(UNUSUAL_PUBLISHES.values()), ids=list(UNUSUAL_PUBLISHES))
+async def test_a_publish_with_an_unusual_head_is_answered_as_before(started, extra):
+    engine = await started()
+    async with aiohttp.ClientSession() as session:
+        ws = await subscriber(session, engine)
+        head = publish().split(b"\r\n\r\n")[0] + b"\r\n"
+        reader, writer = await connect(engine, head + extra + b"\r\n" + PUBLISH_BODY + publish(data="after"))
+        for _ in range(2):
+            status, _, body = await read_response(reader)
+            assert (status, orjson.loads(body)) == (200, {"E": None, "r": {"s": 1, "f": 0}})
+        assert [(await ws.receive(GUARD)).data for _ in range(2)] == ["hi", "after"]
+        writer.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/mesh/%70ublish", "/v1/mesh/publish?x=1"])
+async def test_a_publish_whose_target_is_not_plain_is_answered_by_aiohttp(started, path):
+    engine = await started()
+    reader, writer = await connect(engine, request("POST", path, PUBLISH_BODY) + request("GET", "/healthz"))
+    status, _, body = await read_response(reader)
+    assert (status, orjson.loads(body)) == (200, {"E": None, "r": {"s": 0, "f": 0}})
     assert (await read_response(reader))[0] == 200
     writer.close()
 

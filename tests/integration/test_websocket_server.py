@@ -8,6 +8,7 @@ import logging
 import os
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.helpers import assert_silent, receive_json
@@ -139,6 +140,27 @@ async def test_request_uri_keeps_the_query(start_engine, session):
     running = await start(start_engine)
     ws = await session.ws_connect(running.ws_url + "?token=a%20b&x=1", headers={"X-Show": "1"})
     assert (await receive_json(ws))["server"]["RequestUri"] == running.path + "?token=a%20b&x=1"
+
+
+async def test_on_handshake_gets_the_same_tables_from_a_plain_head_and_an_unusual_one(start_engine):
+    """A plain head is read by lean_head.py, one with a percent-encoded query and
+    a UTF-8 header value by aiohttp's parser: the script sees the same tables."""
+    running = await start(start_engine)
+    port = running.engine.server_port()
+    shown = []
+    for path, extra in ((running.path, {}), (running.path + "?t=a%20b", {"X-Name": "caf\u00e9"})):
+        raw = await RawWebSocket.open(port)
+        assert (await raw.handshake(path, {"X-Show": "1", "x-token": "abc", **extra}))[0] == 101
+        opcode, payload = await raw.read_frame()
+        tables = orjson.loads(payload)
+        for name in ("Sec-Websocket-Key", "X-Name"):
+            tables["headers"].pop(name, None)
+        assert tables["server"].pop("RequestUri") == path
+        tables["server"].pop("RemoteAddr")
+        shown.append(tables)
+        raw.drop()
+    assert shown[0] == shown[1]
+    assert shown[0]["headers"]["X-Token"] == "abc" and shown[0]["server"]["ServerProtocol"] == "HTTP/1.1"
 
 
 # -- frames and timeouts ---------------------------------------------------------------
