@@ -11,9 +11,12 @@ well inside the size bounds of http_limits.py. Anything else is "not simple"
 as they are: this module never refuses a head.
 
 Both readings end in the same small Head, so callers read one kind of object:
-the C parser's request is converted with ``from_parsed``. Measured in-process
-(uvloop, the bench's heads): a 4-line publish head 2.1 us here against 4.1 us
-for aiohttp's parser made and fed, a 6-line upgrade head 2.5 us.
+the C parser's request is converted with ``from_parsed``. Header names and
+paths are remembered (bounded caches); values and queries never are: they
+carry credentials and websocket keys. Measured in-process (uvloop, the
+bench's heads): a 4-line publish head 3.0 us here against 4.1 us for
+aiohttp's parser made and fed (2.2 us when whole lines were remembered),
+a 6-line upgrade head 3.5-3.9 us.
 """
 from __future__ import annotations
 
@@ -25,16 +28,14 @@ from typing import Any
 # longer or bigger ones go to its parser, which answers 431 where it must.
 MAX_HEAD = 4096
 MAX_FIELDS = 64
-# Lines up to this long are read once and remembered (at most 1024 of them:
-# under 300 KiB, however many distinct lines clients send).
-MAX_CACHED_LINE = 256
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SEGMENT = r"[A-Za-z0-9_~!$&'()*+,;=:@-][A-Za-z0-9._~!$&'()*+,;=:@-]*"
 # The target: a path of segments of unreserved and sub-delim characters (no
 # "%", no dot segment, no empty one but a last "/"), an optional query of the
 # same and "/" and "?".
-_TARGET = re.compile(r"((?:/" + _SEGMENT + r")+/?|/)(\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?")
+_PATH = re.compile(r"(?:/" + _SEGMENT + r")+/?|/")
+_QUERY = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/?-]*")
 _METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"))  # all llhttp-known
 _VERSIONS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
 # Bytes a plain head may hold: visible ASCII, space, tab, CR and LF (no NUL,
@@ -79,11 +80,12 @@ def read_head(head: bytes | bytearray) -> Head | None:
     fields = []
     headers: dict[str, str] = {}
     for line in lines[1:-2]:
-        field = _known_field(line) if len(line) <= MAX_CACHED_LINE else _field(line)
-        if field is None:
+        name, colon, value = line.partition(":")
+        lower = _lower_token(name) if colon else None
+        if lower is None:
             return None
+        field = (name, lower, value.strip(" \t"))
         fields.append(field)
-        lower = field[1]
         if lower in headers:
             if lower in _SINGLE:
                 return None  # a repeat llhttp may refuse or read differently
@@ -96,29 +98,30 @@ def read_head(head: bytes | bytearray) -> Head | None:
 _SINGLE = frozenset(("content-length", "connection", "host", "upgrade", "transfer-encoding"))
 
 
-# Clients repeat the same request lines and header lines: each is checked once.
-@lru_cache(maxsize=256)  # a line is at most MAX_HEAD long: 1 MiB at worst
 def _request_line(line: str) -> tuple[str, str, str, str] | None:
     """(method, target, path, version) of a plain request line, else None."""
     method, _, rest = line.partition(" ")
     target, _, version = rest.partition(" ")
     if method not in _METHODS or version not in _VERSIONS:
         return None
-    target_match = _TARGET.fullmatch(target)
-    if target_match is None:
+    path, question, query = target.partition("?")
+    if not _plain_path(path) or (question and _QUERY.fullmatch(query) is None):
         return None
-    return method, target, target_match.group(1), _VERSIONS[version]
+    return method, target, path, _VERSIONS[version]
 
 
-def _field(line: str) -> tuple[str, str, str] | None:
-    """(name, lower-case name, value) of a plain header line, else None."""
-    name, colon, value = line.partition(":")
-    if not colon or _TOKEN.fullmatch(name) is None:
-        return None
-    return name, name.lower(), value.strip(" \t")
+# Paths repeat from request to request; queries may carry tokens: not remembered.
+@lru_cache(maxsize=256)  # a path is shorter than MAX_HEAD: 1 MiB at worst
+def _plain_path(path: str) -> bool:
+    return _PATH.fullmatch(path) is not None
 
 
-_known_field = lru_cache(maxsize=1024)(_field)
+# Header names repeat from request to request (values too, but they carry
+# credentials and keys: only names are remembered).
+@lru_cache(maxsize=256)  # a name is shorter than MAX_HEAD: 1 MiB at worst
+def _lower_token(name: str) -> str | None:
+    """A header name's lower case when it is an RFC 7230 token, else None."""
+    return name.lower() if _TOKEN.fullmatch(name) is not None else None
 
 
 def _head(request_line: tuple[str, str, str, str], headers: dict[str, str],
