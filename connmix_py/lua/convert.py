@@ -69,14 +69,20 @@ def make_to_lua_pairs(to_lua: Callable[..., Any]) -> Callable[[dict], tuple]:
     """A dict as ``(n, k1, v1, ... kn, vn)`` for Lua to build the table from
     (prelude.lua's json_decoded): no table is made in Python and handed over,
     which costs more than the table itself for the small objects clients
-    send. Values but strings go through ``to_lua`` (nested ones one level down)."""
+    send. Keys are str (a JSON object's); values but strings go through
+    ``to_lua`` (nested ones one level down). Appended one by one: cheaper
+    than adding a pair tuple per key (measured, bench/inproc_echo.py)."""
 
     def to_lua_pairs(value: dict) -> tuple:
         out: list[Any] = [0]
+        append = out.append
         for k, v in value.items():
-            if v is None:  # a table cannot hold nil: the key is absent
-                continue
-            out += (k.encode() if type(k) is str else k, v.encode() if type(v) is str else to_lua(v, 1))
+            if type(v) is str:
+                append(k.encode())
+                append(v.encode())
+            elif v is not None:  # a table cannot hold nil: the key is absent
+                append(k.encode())
+                append(to_lua(v, 1))
         out[0] = len(out) // 2
         return tuple(out)
 
