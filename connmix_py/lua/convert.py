@@ -75,6 +75,10 @@ def make_to_lua_pairs(to_lua: Callable[..., Any]) -> Callable[[dict], tuple]:
     json.PAIRS_MAX_KEYS, so the copies stay small)."""
 
     def to_lua_pairs(value: dict) -> tuple:
+        if len(value) == 2:  # the usual client message, {"op": ..., "data": ...}: one tuple, no loop
+            (k1, v1), (k2, v2) = value.items()
+            if type(v1) is str and type(v2) is str:
+                return 2, k1.encode(), v1.encode(), k2.encode(), v2.encode()
         out: tuple = ()
         for k, v in value.items():
             if type(v) is str:
