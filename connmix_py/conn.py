@@ -248,25 +248,21 @@ class Connection:
         """Encode for this connection and queue; False if that fails."""
         return self.deliver(data, binary) is None
 
-    def deliver(self, data: bytes, binary: bool = False) -> str | None:
-        """Encode for this connection and queue; None when queued, else why not.
-        Raises PayloadError when the encoder refuses the payload itself."""
+    def deliver(self, data: bytes, binary: bool = False, from_script: bool = False) -> str | None:
+        """Encode for this connection and queue, counted; None when queued,
+        else why not. ``from_script``: conn:send, whose bytes go out as given
+        when the script frames its own (``script_frames``). Raises
+        PayloadError when the encoder refuses the payload itself. (On every
+        conn:send: one method, no helper calls on the way to write_frame.)"""
         if self.closing:
             return self._not_sent("connection closed")
-        try:
-            wire = self.encoder(data, binary, self)
-        except EncodeError as exc:
-            return self._not_sent(str(exc))
-        return self._queued(wire)
-
-    def deliver_from_script(self, data: bytes, binary: bool = False) -> str | None:
-        """conn:send: like deliver, but bytes a script framed itself go out as given."""
-        if not self.script_frames:
-            return self.deliver(data, binary)
-        return self._queued(data)  # write_frame refuses it when closing
-
-    def _queued(self, wire: bytes) -> str | None:
-        """write_frame for one message to this connection alone, counted."""
+        if from_script and self.script_frames:
+            wire = data
+        else:
+            try:
+                wire = self.encoder(data, binary, self)
+            except EncodeError as exc:
+                return self._not_sent(str(exc))
         if not self.write_frame(wire):
             return self._not_sent("connection closed")
         self.frames_sent += 1

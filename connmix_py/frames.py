@@ -46,13 +46,19 @@ def is_utf8(payload: bytes) -> bool:
     return True
 
 
+# The header of each unfragmented text frame shorter than 126 bytes, by length.
+_SHORT_TEXT_HEADS = [bytes((_FIN | OP_TEXT, size)) for size in range(126)]
+
+
 def websocket_wire(payload: bytes, binary: bool = False, conn: object = None) -> bytes:
     """A websocket connection's encoder (see conn.Encoder): one frame.
     Raises conn.PayloadError for text that is not UTF-8: a browser closes
     with 1007 on such a frame, so it is refused before anyone gets it."""
     if binary:
         return encode_frame(payload, OP_BINARY)
-    if not is_utf8(payload):
+    if not payload.isascii() and not is_utf8(payload):  # isascii first: most text, no call
         from .conn import PayloadError  # conn imports this module
         raise PayloadError("text payload is not valid UTF-8 (send it as binary)")
+    if len(payload) < 126:  # most replies: no header to build
+        return _SHORT_TEXT_HEADS[len(payload)] + payload
     return encode_frame(payload, OP_TEXT)

@@ -69,16 +69,23 @@ def make_to_lua_pairs(to_lua: Callable[..., Any]) -> Callable[[dict], tuple]:
     """A dict as ``(n, k1, v1, ... kn, vn)`` for Lua to build the table from
     (prelude.lua's json_decoded): no table is made in Python and handed over,
     which costs more than the table itself for the small objects clients
-    send. Values but strings go through ``to_lua`` (nested ones one level down)."""
+    send. Keys are str (a JSON object's); values but strings go through
+    ``to_lua`` (nested ones one level down). Grown as a tuple, no list:
+    measured cheaper for 2 and 5 keys (the objects have at most
+    json.PAIRS_MAX_KEYS, so the copies stay small)."""
 
     def to_lua_pairs(value: dict) -> tuple:
-        out: list[Any] = [0]
+        if len(value) == 2:  # the usual client message, {"op": ..., "data": ...}: one tuple, no loop
+            (k1, v1), (k2, v2) = value.items()
+            if type(v1) is str and type(v2) is str:
+                return 2, k1.encode(), v1.encode(), k2.encode(), v2.encode()
+        out: tuple = ()
         for k, v in value.items():
-            if v is None:  # a table cannot hold nil: the key is absent
-                continue
-            out += (k.encode() if type(k) is str else k, v.encode() if type(v) is str else to_lua(v, 1))
-        out[0] = len(out) // 2
-        return tuple(out)
+            if type(v) is str:
+                out += (k.encode(), v.encode())
+            elif v is not None:  # a table cannot hold nil: the key is absent
+                out += (k.encode(), to_lua(v, 1))
+        return (len(out) >> 1, *out)
 
     return to_lua_pairs
 

@@ -616,6 +616,15 @@ local function dispatch(id, name, ...)
     return step(co, run_slice(co, fn, with_conn(c, ...)))
 end
 
+-- on_message's results are not used: a callback that ended returns "done"
+-- alone (one value back to Python, no tuple made for it on every message).
+local function message_outcome(state, ...)
+    if state == "done" then
+        return state
+    end
+    return state, ...
+end
+
 local function dispatch_message(id, kind, data)
     local fn = rawget(G, "on_message")
     if type(fn) ~= "function" then
@@ -623,7 +632,7 @@ local function dispatch_message(id, kind, data)
     end
     local c = enter(id)
     local co = take_runner()
-    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c))
+    return message_outcome(step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c)))
 end
 
 -- on_handshake(client_id, headers, server): n header names and values, then

@@ -256,7 +256,7 @@ class LuaVM:
         started = perf_counter()
         outcome = self._dispatch_message(conn.id_bytes, b"binary" if binary else b"text", data)
         self.counters.observe(perf_counter() - started)
-        if type(outcome) is tuple and outcome[0] == b"done":  # the usual end, nothing to report
+        if outcome == b"done":  # the usual end, nothing to report
             self._current = None
             return None
         return self._settle(conn, "on_message", outcome)

@@ -425,10 +425,18 @@ class WebSocketSession(asyncio.Protocol):
             traffic = self.server.counters.traffic
             traffic.messages_in += 1
             traffic.bytes_in += len(payload)
-            if not binary and not is_utf8(payload):  # a fragmented message comes whole
+            # (isascii first: most text, no call.) A fragmented message comes whole.
+            if not binary and not payload.isascii() and not is_utf8(payload):
                 self._fail(conn, CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
                 return False
-            self._message(conn, binary, payload)
+            # on_message now, or after the callbacks before it.
+            if self.worker is None:
+                pending = self.server.vm.call_message(conn, binary, payload)
+                if pending is not None:
+                    conn.read_since = None  # a running callback is not an idle client
+                    self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
+            else:
+                self._queue(opcode, payload)
         elif opcode == OP_PING:
             if not self.paused:
                 conn.write_frame(encode_frame(payload, _PONG))
@@ -449,16 +457,6 @@ class WebSocketSession(asyncio.Protocol):
             self.transport.close()
             return False
         return True  # a pong: nothing to do
-
-    def _message(self, conn: Connection, binary: bool, payload: bytes) -> None:
-        """on_message now, or after the callbacks before it."""
-        if self.worker is None:
-            pending = self.server.vm.call_message(conn, binary, payload)
-            if pending is not None:
-                conn.read_since = None  # a running callback is not an idle client
-                self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
-            return
-        self._queue(OP_BINARY if binary else OP_TEXT, payload)
 
     def _queue(self, opcode: int, payload: bytes) -> None:
         """Keep a frame for the worker, behind the callback that waits."""

@@ -105,13 +105,23 @@ class FrameReader:
                 length = int.from_bytes(data[pos + 2:pos + 2 + wide], "big")
                 if length >> 63:
                     raise FrameError(CLOSE_PROTOCOL_ERROR, "frame length with the top bit set")
-            self._check(opcode, first & 0x80, length)
+            # The usual frame, a whole text or binary message, is checked and
+            # kept here; the others go through _check and _frame (a call each
+            # costs as much as the rest of this loop).
+            whole = first & 0x80 and (opcode == OP_TEXT or opcode == OP_BINARY) and not self._message_opcode
+            if not whole:
+                self._check(opcode, first & 0x80, length)
+            elif self.max_size and length > self.max_size:
+                raise FrameError(CLOSE_TOO_BIG, f"message over {self.max_size} bytes")
             end = start + length
             if size < end:
                 need = end - pos
                 break
             payload = unmask(data[start - 4:start], data[start:end])
             pos = end
+            if whole:
+                out.append((opcode, payload))
+                continue
             message = self._frame(opcode, bool(first & 0x80), payload)
             if message is not None:
                 out.append(message)

@@ -90,6 +90,12 @@ DECODE = [
     ('1e3', 1000),
     ('12345678901234567890', 12345678901234567890.0),  # beyond int64: a double
     ('{"a":null,"b":2}', {"b": 2}),  # null -> nil: the key is absent
+    ('{"a":null}', {}),  # no key left: still a table, not a count of keys
+    ('{}', {}),
+    ('{"a":"b"}', {"a": b"b"}),
+    ('{"op":"echo","data":"\u00e9 1"}', {"op": b"echo", "data": "é 1".encode()}),  # two strings: one tuple
+    ('{"op":"echo","data":null}', {"op": b"echo"}),
+    ('{"op":"echo","data":7}', {"op": b"echo", "data": 7}),
     ('{"1":"a"}', {"1": b"a"}),  # object keys stay strings
     # the same conversions inside containers (converted inline, not per value)
     ('[12345678901234567890,"x",{"a":null,"b":[true,"y"]}]', [12345678901234567890.0, b"x", {"b": [True, b"y"]}]),

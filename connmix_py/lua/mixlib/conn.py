@@ -115,18 +115,21 @@ def bridge(vm) -> dict:
             apply(conn, name)
         return None
 
+    # On every conn:send: the usual arguments (a string, no kind) and size cost no call.
     def send(cid, data=None, kind=None, *_):
         conn = lookup(cid)
         if conn is None:
             return CLOSED
-        payload, binary = lua_string(data), frame_kind(kind)
+        payload = data if type(data) is bytes else lua_string(data)
+        binary = False if kind is None else frame_kind(kind)
         if payload is None:
             return bad_argument(1, "send", "string", data)[1]
         if binary is None:
             return bad_argument(2, "send", "'text' or 'binary'", kind)[1]
         try:
-            hub.check_size(payload)
-            failure = conn.deliver_from_script(payload, binary)  # why not sent: closed, encoding failed
+            if len(payload) > hub.max_payload:
+                hub.check_size(payload)  # raises, with the message
+            failure = conn.deliver(payload, binary, True)  # why not sent: closed, encoding failed
         except PayloadError as exc:  # too big, or text that is not UTF-8
             return err(f"send: {exc}")
         return None if failure is None else failure.encode()

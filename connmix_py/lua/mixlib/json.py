@@ -74,25 +74,28 @@ def bridge(vm) -> dict:
         return text, None
 
     # Not wrapped in memory.guard (vm.UNGUARDED): its checks are here, the
-    # guard's first and then the size bound of what it builds.
-    used_up = vm.memory.used_up
+    # guard's first and then the size bound of what it builds. The usual
+    # answers (a string argument, memory far from full) cost no call.
+    memory = vm.memory
+    memory_used, near_full, used_up = memory.runtime.get_memory_used, memory.cap - HEADROOM, memory.used_up
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
 
     def json_decode(text=None, *_):
-        data = lua_string(text)
+        data = text if type(text) is bytes else lua_string(text)
         if data is None:
             return bad_argument(1, "json_decode", "string", text)
-        if used_up():
+        if memory_used() > near_full and used_up():
             return fail("json_decode: the Lua memory budget is used up")
         if len(data) >= SHORT_TEXT:
-            refusal = vm.memory.refusal(decoded_size(data), "json_decode")
+            refusal = memory.refusal(decoded_size(data), "json_decode")
             if refusal:
                 return fail(refusal)
         try:
-            value = orjson.loads(data)
+            value = loads(data)
             if type(value) is dict and len(value) <= PAIRS_MAX_KEYS:
                 return to_lua_pairs(value)
             return to_lua(value), None
-        except (orjson.JSONDecodeError, ConversionError) as exc:
+        except (JSONDecodeError, ConversionError) as exc:
             return fail(f"json_decode: {exc}")
 
     return {"json_encode": json_encode, "json_decode": json_decode}
