@@ -143,8 +143,6 @@ def open_session(vm: LuaVM) -> tuple[WebSocketSession, NullTransport]:
     session.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
     assert session.reader is not None, "the upgrade did not complete"
-    if session.head_timer is not None:
-        session.head_timer.cancel()
     return session, transport
 
 

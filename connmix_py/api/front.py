@@ -310,7 +310,11 @@ class ApiConnection(asyncio.Protocol):
         if request_log.log.isEnabledFor(logging.DEBUG):
             request_log.log_line(request.method, request.target, status or int(response[9:12]), started,
                                  request.header("authorization"), self.remote)
-        self.buffer = self.buffer[self.body_end:]
+        buffer = self.buffer
+        if type(buffer) is bytearray:
+            del buffer[:self.body_end]  # no copy of what follows (bytearray drops its front in place)
+        else:  # a read of its own; pipelined requests behind it go on in a bytearray, not sliced each time
+            self.buffer = bytearray(buffer[self.body_end:]) if len(buffer) > self.body_end else b""
         self.request = None
         self.body_end = self.head_end = 0
         if request.should_close or status == 500:
