@@ -28,46 +28,12 @@ import uvloop
 from connmix_py.collector import pace_for_connections
 from connmix_py.engine import Engine
 from connmix_py.servers.websocket import WebSocketSession
+from stand_in import StandInTransport, masked_text_frame
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEAD = (b"GET /message-center HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-class StandInTransport:
-    """What a session asks of its transport; writes are kept."""
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default=None):
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    resume_reading = pause_reading
-
-
-def masked_text(payload: bytes) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def config_file(folder: str) -> str:
@@ -104,7 +70,7 @@ async def main(n: int, profile: bool) -> None:
         engine = Engine(config_file(folder))
         await engine.start()
         server = engine.servers[0]
-        frames = [masked_text(b'{"op":"subscribe","channel":"user:%d"}' % i) for i in range(n)]
+        frames = [masked_text_frame(b'{"op":"subscribe","channel":"user:%d"}' % i) for i in range(n)]
         kept = []
         clock = CollectorClock()
         profiler = cProfile.Profile() if profile else None
@@ -122,7 +88,9 @@ async def main(n: int, profile: bool) -> None:
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        assert kept[-1][1].out[0].startswith(b"HTTP/1.1 101") and kept[-1][1].out[-1].endswith(b'{"result":true}')
+        last = kept[-1][1]
+        assert last.first and last.first.startswith(b"HTTP/1.1 101")
+        assert last.last and last.last.endswith(b'{"result":true}')
         print(f"{n} connects: {elapsed / n * 1e6:.1f} µs CPU each; collector per connect, by generation: "
               + ", ".join(f"gen{g} {runs}x {seconds / n * 1e6:.1f} µs" for g, (runs, seconds) in enumerate(clock.runs))
               + f"; gc thresholds {gc.get_threshold()}")

@@ -48,10 +48,10 @@ from connmix_py.lua.vm import LuaVM  # noqa: E402
 from connmix_py.mesh import Mesh  # noqa: E402
 from connmix_py.servers.websocket import WebSocketServer, WebSocketSession  # noqa: E402
 from connmix_py.servers.ws_codec import FrameReader  # noqa: E402
+from stand_in import StandInTransport, masked_text_frame  # noqa: E402
 
 ENTRY = os.path.join(REPO, "bench", "bench-entry.lua")
 WINDOW = 8  # frames per read, as the load generator's window
-MASK = b"\x11\x22\x33\x44"
 # The load generator's message (../shared/bench/loadgen.py).
 MESSAGE = '{"op":"echo","data":"%08d %020d"}'
 # bench-entry.lua's on_message cut down, one layer more per script (see the docstring).
@@ -72,54 +72,13 @@ end""",
 }
 
 
-class NullTransport:
-    """A transport that takes every write at once and keeps nothing (counts bytes)."""
-
-    def __init__(self) -> None:
-        self.written = 0
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-
-def masked_frame(payload: bytes) -> bytes:
-    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 126
-    return bytes((0x81, 0x80 | len(payload))) + MASK + masked
-
-
 def reads(count: int) -> list[bytes]:
     """``count`` reads of WINDOW echo frames each, numbered like the load generator's."""
     out, seq = [], 0
     for _ in range(count):
         chunk = b""
         for _ in range(WINDOW):
-            chunk += masked_frame((MESSAGE % (seq % 100_000_000, time.monotonic_ns() % 10 ** 20)).encode())
+            chunk += masked_text_frame((MESSAGE % (seq % 100_000_000, time.monotonic_ns() % 10 ** 20)).encode())
             seq += 1
         out.append(chunk)
     return out
@@ -132,12 +91,12 @@ def make_vm(entry: str) -> LuaVM:
     return vm
 
 
-def open_session(vm: LuaVM) -> tuple[WebSocketSession, NullTransport]:
+def open_session(vm: LuaVM) -> tuple[WebSocketSession, StandInTransport]:
     """A session upgraded by its own handshake code, on a stand-in transport."""
     ids = iter(range(1, 1 << 62))
     server = WebSocketServer(vm.settings, vm, vm.hub, lambda: str(next(ids)))
     session = WebSocketSession(server)
-    transport = NullTransport()
+    transport = StandInTransport()
     session.connection_made(transport)  # type: ignore[arg-type]
     key = base64.b64encode(os.urandom(16))
     session.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import orjson
 import uvloop
@@ -34,40 +34,12 @@ from connmix_py.eager import at_once_or_handle
 from connmix_py.hub import Hub
 from connmix_py.mesh import Mesh
 from connmix_py.servers.http_limits import HttpLimits, head_parser, reply
+from stand_in import StandInTransport
 
 BODY = orjson.dumps({"c": "room", "d": "x" * 16})
 HEAD = (b"POST /v1/mesh/publish HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(BODY))
 REQUEST = HEAD + BODY
-
-
-class StandIn:
-    """The few transport calls the front and a Connection make; bytes are dropped."""
-
-    def __init__(self) -> None:
-        self.written = 0
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def best(run: Callable[[], None], count: int, repeat: int) -> float:
@@ -85,19 +57,19 @@ async def measure(count: int, repeat: int) -> dict[str, float]:
     hub = Hub()
     mesh = Mesh(hub)
     subscriber = Connection("1", None, "127.0.0.1", 0, 0, 0)
-    subscriber_transport = StandIn()
+    subscriber_transport = StandInTransport()
     subscriber.open(subscriber_transport, lambda code: None)  # type: ignore[arg-type]
     mesh.subscribe(subscriber, "room")
     front = ApiFront(None, mesh, HttpLimits(10.0), AccessSettings)  # type: ignore[arg-type]
     connection = ApiConnection(front)
-    transport = StandIn()
+    transport = StandInTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
 
     def request() -> None:
         connection.data_received(REQUEST)
 
     request()
-    assert transport.written and not transport.closed, "the front did not answer the publish"
+    assert transport.written and not transport.closing, "the front did not answer the publish"
     assert subscriber_transport.written, "the publish did not reach the subscriber"
     action = ACTIONS["/v1/mesh/publish"]
     loop = asyncio.get_running_loop()
