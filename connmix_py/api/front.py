@@ -236,9 +236,11 @@ class ApiConnection(asyncio.Protocol):
 
     def _check_body_size(self) -> None:
         # As aiohttp's client_max_size: refused once more than that has come.
+        request = self.request
+        assert request is not None  # called once a head is in
         received = len(self.buffer) - self.head_end
-        if received > MAX_BODY and self.request is not None:
-            self._refuse(self.request.method, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        if received > MAX_BODY:
+            self._refuse(request.method, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                          f"request body over {MAX_BODY} bytes",
                          f"maximum request body size {MAX_BODY} exceeded, actual body size {received}")
 
