@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connmix_py.config import LuaVmSettings
 from connmix_py.lua import convert
@@ -162,8 +164,12 @@ def test_json_decode_refuses_when_lua_memory_is_full(tmp_path):
         return #kept > 0""")
     assert lua.execute('return mix.json_decode(\'{"a":1,"b":2}\')') == (
         None, b"json_decode: the Lua memory budget is used up")
+    # A plain object of strings (read in Lua, not by orjson) is refused alike.
+    assert lua.execute('return mix.json_decode(\'{"a":"1","b":"2"}\')') == (
+        None, b"json_decode: the Lua memory budget is used up")
     lua.execute("kept = nil collectgarbage()")
     assert lua.run('return mix.json_decode(\'{"a":1,"b":2}\')') == ({"a": 1, "b": 2}, None)
+    assert lua.run('return mix.json_decode(\'{"a":"1","b":"2"}\')') == ({"a": b"1", "b": b"2"}, None)
 
 
 def test_json_decode_integers_are_lua_integers(lua):
@@ -228,3 +234,119 @@ def test_a_table_shared_exponentially_is_refused_not_a_hang(lua, monkeypatch):
     value, err = lua.execute("local t = {} for i = 1, 40 do t = {t, t} end return mix.json_encode(t)")
     assert value is None and b"too large" in err
     assert lua.execute("local t = {} for i = 1, 9 do t = {t, t} end return #mix.json_encode(t)") == 2557
+
+
+# Compact objects of plain ASCII strings are read in Lua (prelude.lua's
+# plain_object), everything else by orjson: both must read any text alike.
+PLAIN_OBJECTS = [
+    '{"op":"echo","data":"00000001 00000000001234567890"}',
+    '{"a":"b"}',
+    '{"":""}',
+    '{"dup":"first","dup":"last"}',
+    '{"p":"!#$%&()*+,-./:;<=>?@[]^_`{|}~ 09AZaz"}',
+    "{" + ",".join(f'"k{i}":"v{i}"' for i in range(40)) + "}",  # past PAIRS_MAX_KEYS
+]
+LEFT_TO_ORJSON = [
+    '{"a":"b"} ',  # space after the object
+    '{ "a":"b"}',
+    '{"a" : "b"}',
+    '{"a":"b", "c":"d"}',
+    '{"a":"\\u00e9"}',  # an escape
+    '{"a":"\\""}',
+    '{"a":"\u00e9"}',  # non-ASCII
+    '{"a":"\x7f"}',  # DEL: valid JSON, not printable
+    '{"a":1}',
+    '{"a":"b","n":null}',
+    '{}',
+    '{"a":"' + "x" * 600 + '"}',  # longer than the plain path takes
+    # not JSON: orjson's errors
+    '{"a":"b"}x',
+    '{"a":"b",}',
+    '{"a":"b"',
+    '{"a":"b""c":"d"}',
+    '{"a":"\x01"}',  # a control byte inside a string
+    b'{"a":"\xff"}',  # not UTF-8
+    '{"a":"b"}}',
+    '{"a","b"}',
+]
+
+
+def counting_json_bridge(monkeypatch):
+    """Counts the calls json_decode makes into Python."""
+    calls = []
+    original = json_lib.bridge
+
+    def bridge(vm):
+        functions = original(vm)
+        decode = functions["json_decode"]
+
+        def json_decode(*args):
+            calls.append(args)
+            return decode(*args)
+        functions["json_decode"] = json_decode
+        return functions
+    monkeypatch.setattr(json_lib, "bridge", bridge)
+    return calls
+
+
+def expected_decode(text: bytes):
+    try:
+        return as_read_back(orjson.loads(text)), None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def assert_decodes_as_orjson(lua, text: bytes):
+    value, err = lua.run("return mix.json_decode(...)", text)
+    expected = expected_decode(text)
+    if expected is None:
+        assert value is None and err.startswith(b"json_decode: "), (text, value, err)
+    else:
+        assert (value, err) == expected, text
+
+
+@pytest.mark.parametrize("text", PLAIN_OBJECTS)
+def test_json_decode_plain_objects_are_read_in_lua_as_orjson_reads_them(tmp_path, monkeypatch, text):
+    calls = counting_json_bridge(monkeypatch)
+    lua = make_lua(tmp_path)
+    assert_decodes_as_orjson(lua, text.encode())
+    assert calls == []
+
+
+@pytest.mark.parametrize("text", LEFT_TO_ORJSON)
+def test_json_decode_other_text_is_left_to_orjson(tmp_path, monkeypatch, text):
+    calls = counting_json_bridge(monkeypatch)
+    lua = make_lua(tmp_path)
+    assert_decodes_as_orjson(lua, text if type(text) is bytes else text.encode())
+    assert len(calls) == 1
+
+
+# Bytes that matter to the plain path's pattern: its edges ('"', '\\', space,
+# '!', '#', '[', ']', '~'), control bytes, DEL, non-ASCII, and JSON's own.
+PLAIN_EDGES = st.sampled_from(list(b'"\\ !#[]~{}:,ab09') + [0, 9, 10, 13, 31, 127, 128, 195, 169, 255])
+
+
+@st.composite
+def objects_and_near_misses(draw):
+    """Compact objects of short strings, some bytes then changed, cut or added."""
+    alphabet = draw(st.sampled_from(["ab ~[]!#", "ab\"\\ é~[]\x01"]))  # half of them plain
+    pairs = draw(st.lists(st.tuples(st.text(alphabet, max_size=4), st.text(alphabet, max_size=6)),
+                          min_size=1, max_size=4))
+    text = bytearray(orjson.dumps(dict(pairs)))
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(text)))
+        change = draw(st.sampled_from(["replace", "insert", "cut"]))
+        if change == "cut":
+            del text[at:]
+        elif change == "insert":
+            text.insert(at, draw(PLAIN_EDGES))
+        elif at < len(text):
+            text[at] = draw(PLAIN_EDGES)
+    return bytes(text)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+@given(text=objects_and_near_misses())
+def test_json_decode_reads_any_text_as_orjson_does(lua, text):
+    assert_decodes_as_orjson(lua, text)
