@@ -57,8 +57,11 @@ http_log = logging.getLogger("connmix.http")  # refused upgrade requests, like t
 
 # Frames one connection may queue behind a waiting callback before reading pauses.
 MAX_INBOX = 256
-# Messages of one read given to on_message in one call into Lua (each is two values on Lua's stack).
+# Messages of one read given to on_message in one call into Lua (each is two values on Lua's stack),
+# and their bytes: the others' data is in Lua memory while each callback runs, where the memory
+# budget sees it, so a batch stays small beside any budget (a bigger message goes alone).
 MAX_BATCH = 64
+MAX_BATCH_BYTES = 64 * 1024
 LOST = "connection lost"  # how every reason for a socket gone without a close begins
 LOST_WITHOUT_CLOSE = f"{LOST}: closed by the client without a close frame"
 # Seconds a close the server sent waits for the client's close frame.
@@ -434,6 +437,8 @@ class WebSocketSession(asyncio.Protocol):
         size = 0
         for index in range(start, min(len(frames), start + MAX_BATCH)):
             opcode, payload = frames[index]
+            if size + len(payload) > MAX_BATCH_BYTES and messages:
+                break
             if opcode == OP_TEXT:
                 # (isascii first: most text, no call.) A fragmented message comes whole.
                 if not payload.isascii() and not is_utf8(payload):
