@@ -95,6 +95,19 @@ async def test_messages_of_one_read_are_answered_in_order_with_a_ping_in_its_pla
     raw.drop()
 
 
+async def test_a_read_of_more_messages_than_one_call_takes_is_answered_in_order(start_engine):
+    """200 messages, some of 30 KB, in one write: more than one call into
+    Lua takes (by count and by bytes), all answered in order."""
+    running = await start(start_engine)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    texts = [str(i) + ("." * 30000 if i % 50 == 7 else "") for i in range(200)]
+    await raw.send_bytes(frames(*texts))
+    replies = [await raw.read_frame() for _ in range(200)]
+    assert replies == [(OP_TEXT, b"echo " + text.encode()) for text in texts]
+    assert await seen(running) == texts
+    raw.drop()
+
+
 async def test_text_that_is_not_utf8_in_a_read_ends_it_after_the_messages_before(start_engine):
     running = await start(start_engine)
     raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
@@ -147,19 +160,21 @@ async def test_no_message_after_one_that_closed_the_connection_reaches_on_messag
 
 
 async def test_each_message_of_a_read_has_its_own_cpu_budget(start_engine, caplog):
-    """Three callbacks of 0.4 s CPU each in one read, under a 1 s budget: none
-    is stopped (together they take more). A spinning one is stopped alone."""
+    """Eight callbacks of 0.15 s CPU each in one read, under a 1 s budget:
+    none is stopped (together they take more). Each is far under the budget,
+    which is wall-clock time too, so a busy machine does not stop one. A
+    spinning one is stopped alone."""
     running = await start(start_engine, luavm={"cpuBudget": 1})
     raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("burn:0.4", "burn:0.4", "burn:0.4"))
-    replies = [await raw.read_frame(timeout=20) for _ in range(3)]
-    assert replies == [(OP_TEXT, b"burn:0.4")] * 3
+    await raw.send_bytes(frames(*["burn:0.15"] * 8))
+    replies = [await raw.read_frame(timeout=30) for _ in range(8)]
+    assert replies == [(OP_TEXT, b"burn:0.15")] * 8
     with caplog.at_level(logging.ERROR, logger="connmix.lua"):
         await raw.send_bytes(frames("1", "spin", "3"))
         assert await raw.read_frame() == (OP_TEXT, b"echo 1")
         assert await raw.read_frame(timeout=20) == (OP_CLOSE, struct.pack("!H", 1011) + b"lua error")
     assert "exceeded its Lua CPU budget of 1s" in caplog.text
-    assert await seen(running) == ["burn:0.4"] * 3 + ["1", "spin"]
+    assert await seen(running) == ["burn:0.15"] * 8 + ["1", "spin"]
     raw.drop()
 
 
