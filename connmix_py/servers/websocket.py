@@ -458,9 +458,13 @@ class WebSocketSession(asyncio.Protocol):
         traffic.messages_in += handled
         traffic.bytes_in += size
         if pending is not None:
-            conn.read_since = None  # a running callback is not an idle client
-            self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
+            self._wait_for(conn, pending)
         return handled
+
+    def _wait_for(self, conn: Connection, pending: Awaitable) -> None:
+        """A callback waits: the worker finishes it, then what queues behind it."""
+        conn.read_since = None  # a running callback is not an idle client
+        self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
 
     def _frame(self, conn: Connection, opcode: int, payload: bytes) -> bool:
         """Handle one message or control frame; False once the connection ends."""
@@ -482,8 +486,7 @@ class WebSocketSession(asyncio.Protocol):
             if self.worker is None:
                 pending = self.server.vm.call_message(conn, binary, payload)
                 if pending is not None:
-                    conn.read_since = None  # a running callback is not an idle client
-                    self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
+                    self._wait_for(conn, pending)
             else:
                 self._queue(opcode, payload)
         elif opcode == OP_PING:
