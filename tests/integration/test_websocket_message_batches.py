@@ -18,7 +18,7 @@ from tests.held_backend import held_fixture  # noqa: F401 (the held fixture)
 from tests.integration.test_metrics import scrape, value
 from tests.raw_websocket import RawWebSocket, client_frame
 
-OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 SCRIPT = """
 local backend = "@BACKEND@"
@@ -32,6 +32,10 @@ function on_message(msg)
         return
     end
     seen[#seen + 1] = data
+    if msg.type == "binary" then
+        c:send("binary " .. data)
+        return
+    end
     local hold = data:match("^hold:(.+)$")
     local burn = tonumber(data:match("^burn:(.+)$"))
     if hold then
@@ -57,6 +61,13 @@ function on_message(msg)
     elseif data:match("^keep:") then
         kept[#kept + 1] = string.rep(string.char(#kept % 256), tonumber(data:sub(6)))
         c:send("kept")
+    elseif data == "replace" then  -- the next messages go to another on_message
+        local before = on_message
+        on_message = function(m)
+            on_message = before
+            mix.websocket():send("replaced " .. m.data)
+        end
+        c:send("replacing")
     elseif data == "bye" then
         c:send("closing")
         c:close()
@@ -92,6 +103,25 @@ async def test_messages_of_one_read_are_answered_in_order_with_a_ping_in_its_pla
     replies = [await raw.read_frame() for _ in range(6)]
     assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"echo 2"), (OP_PONG, b"p"),
                        (OP_TEXT, b"echo 3"), (OP_TEXT, b"echo 4"), (OP_TEXT, b"echo 5")]
+    raw.drop()
+
+
+async def test_text_and_binary_messages_of_one_read_keep_their_kind(start_engine):
+    running = await start(start_engine)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_bytes(frames("1") + client_frame(b"2", OP_BINARY) + frames("3"))
+    replies = [await raw.read_frame() for _ in range(3)]
+    assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"binary 2"), (OP_TEXT, b"echo 3")]
+    raw.drop()
+
+
+async def test_each_message_of_a_read_goes_to_the_on_message_defined_when_it_runs(start_engine):
+    running = await start(start_engine)
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_bytes(frames("1", "replace", "3", "4"))
+    replies = [await raw.read_frame() for _ in range(4)]
+    assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"replacing"), (OP_TEXT, b"replaced 3"),
+                       (OP_TEXT, b"echo 4")]
     raw.drop()
 
 
