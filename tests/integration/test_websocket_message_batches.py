@@ -96,11 +96,16 @@ async def seen(running) -> list[str]:
     return answer.split(",") if answer else []
 
 
+async def one_read(running, data: bytes, replies: int) -> tuple[RawWebSocket, list[tuple[int, bytes]]]:
+    """A new raw client sends ``data`` in one write; it and the first frames it gets back."""
+    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
+    await raw.send_bytes(data)
+    return raw, [await raw.read_frame(timeout=30) for _ in range(replies)]
+
+
 async def test_messages_of_one_read_are_answered_in_order_with_a_ping_in_its_place(start_engine):
     running = await start(start_engine)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1", "2") + client_frame(b"p", OP_PING) + frames("3", "4", "5"))
-    replies = [await raw.read_frame() for _ in range(6)]
+    raw, replies = await one_read(running, frames("1", "2") + client_frame(b"p", OP_PING) + frames("3", "4", "5"), 6)
     assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"echo 2"), (OP_PONG, b"p"),
                        (OP_TEXT, b"echo 3"), (OP_TEXT, b"echo 4"), (OP_TEXT, b"echo 5")]
     raw.drop()
@@ -108,18 +113,14 @@ async def test_messages_of_one_read_are_answered_in_order_with_a_ping_in_its_pla
 
 async def test_text_and_binary_messages_of_one_read_keep_their_kind(start_engine):
     running = await start(start_engine)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1") + client_frame(b"2", OP_BINARY) + frames("3"))
-    replies = [await raw.read_frame() for _ in range(3)]
+    raw, replies = await one_read(running, frames("1") + client_frame(b"2", OP_BINARY) + frames("3"), 3)
     assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"binary 2"), (OP_TEXT, b"echo 3")]
     raw.drop()
 
 
 async def test_each_message_of_a_read_goes_to_the_on_message_defined_when_it_runs(start_engine):
     running = await start(start_engine)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1", "replace", "3", "4"))
-    replies = [await raw.read_frame() for _ in range(4)]
+    raw, replies = await one_read(running, frames("1", "replace", "3", "4"), 4)
     assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"replacing"), (OP_TEXT, b"replaced 3"),
                        (OP_TEXT, b"echo 4")]
     raw.drop()
@@ -129,10 +130,8 @@ async def test_a_read_of_more_messages_than_one_call_takes_is_answered_in_order(
     """200 messages, some of 30 KB, in one write: more than one call into
     Lua takes (by count and by bytes), all answered in order."""
     running = await start(start_engine)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
     texts = [str(i) + ("." * 30000 if i % 50 == 7 else "") for i in range(200)]
-    await raw.send_bytes(frames(*texts))
-    replies = [await raw.read_frame() for _ in range(200)]
+    raw, replies = await one_read(running, frames(*texts), 200)
     assert replies == [(OP_TEXT, b"echo " + text.encode()) for text in texts]
     assert await seen(running) == texts
     raw.drop()
@@ -140,9 +139,7 @@ async def test_a_read_of_more_messages_than_one_call_takes_is_answered_in_order(
 
 async def test_text_that_is_not_utf8_in_a_read_ends_it_after_the_messages_before(start_engine):
     running = await start(start_engine)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1", "2") + client_frame(b"\xff\xfe") + frames("4"))
-    replies = [await raw.read_frame() for _ in range(3)]
+    raw, replies = await one_read(running, frames("1", "2") + client_frame(b"\xff\xfe") + frames("4"), 3)
     assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"echo 2"), (OP_CLOSE, struct.pack("!H", 1007))]
     assert await seen(running) == ["1", "2"]
     raw.drop()
@@ -150,9 +147,8 @@ async def test_text_that_is_not_utf8_in_a_read_ends_it_after_the_messages_before
 
 async def test_the_messages_after_one_that_waits_run_after_it_in_order(start_engine, held):
     running = await start(start_engine, held)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1", "2", "hold:x", "4", "5"))
-    assert [await raw.read_frame() for _ in range(2)] == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"echo 2")]
+    raw, replies = await one_read(running, frames("1", "2", "hold:x", "4", "5"), 2)
+    assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"echo 2")]
     await held.arrived("x")
     await raw.assert_silent()  # 4 and 5 wait behind the third
     assert await seen(running) == ["1", "2", "hold:x"]
@@ -181,9 +177,7 @@ async def test_a_lua_error_is_handled_as_before_and_the_rest_of_the_read_is_not_
 
 async def test_no_message_after_one_that_closed_the_connection_reaches_on_message(start_engine):
     running = await start(start_engine)
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1", "bye", "3", "4"))
-    replies = [await raw.read_frame() for _ in range(3)]
+    raw, replies = await one_read(running, frames("1", "bye", "3", "4"), 3)
     assert replies == [(OP_TEXT, b"echo 1"), (OP_TEXT, b"closing"), (OP_CLOSE, struct.pack("!H", 1000))]
     assert await seen(running) == ["1", "bye"]
     raw.drop()
@@ -195,9 +189,7 @@ async def test_each_message_of_a_read_has_its_own_cpu_budget(start_engine, caplo
     which is wall-clock time too, so a busy machine does not stop one. A
     spinning one is stopped alone."""
     running = await start(start_engine, luavm={"cpuBudget": 1})
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames(*["burn:0.15"] * 8))
-    replies = [await raw.read_frame(timeout=30) for _ in range(8)]
+    raw, replies = await one_read(running, frames(*["burn:0.15"] * 8), 8)
     assert replies == [(OP_TEXT, b"burn:0.15")] * 8
     with caplog.at_level(logging.ERROR, logger="connmix.lua"):
         await raw.send_bytes(frames("1", "spin", "3"))
@@ -211,9 +203,8 @@ async def test_each_message_of_a_read_has_its_own_cpu_budget(start_engine, caplo
 async def test_every_message_of_a_read_is_counted_as_a_callback_run(start_engine):
     running = await start(start_engine)
     before = value(await scrape(running), "connmix_lua_callback_duration_seconds_count", script="entry0.lua")
-    raw = await RawWebSocket.connect(running.engine.server_port(), running.path)
-    await raw.send_bytes(frames("1", "2", "3", "4", "5"))
-    assert [await raw.read_frame() for _ in range(5)] == [(OP_TEXT, b"echo %d" % i) for i in range(1, 6)]
+    raw, replies = await one_read(running, frames("1", "2", "3", "4", "5"), 5)
+    assert replies == [(OP_TEXT, b"echo %d" % i) for i in range(1, 6)]
     samples = await scrape(running)
     # the upgrade's on_handshake call, and five on_message
     assert value(samples, "connmix_lua_callback_duration_seconds_count", script="entry0.lua") == before + 6
