@@ -16,7 +16,8 @@ The breakdown runs the same path in layers, each adding one part to the one
 before; the difference between two rows is what that part costs:
 
     frames        FrameReader.feed of a read (ws_codec), per frame
-    empty         + call_message with an empty on_message (metrics, runner, msg table)
+    empty         + call_messages of each read's messages, one call into Lua per read,
+                  with an empty on_message (metrics, a slice and a msg table per message)
     websocket     + `msg.type` check and mix.websocket()
     json_decode   + mix.json_decode of the message
     send          + conn:send (bench-entry.lua as it is), still without the session
@@ -116,7 +117,11 @@ def best_us_per_echo(run: Callable[[], None], echoes: int, repeat: int) -> float
 
 def layer_runs(data: list[bytes], folder: str) -> dict[str, tuple[Callable[[], None], Any]]:
     """name -> (a function running the whole input through that layer, its VM)."""
-    payloads = [payload for chunk in data for _, payload in FrameReader(0).feed(chunk)]
+    # Each read's messages as the session hands them to call_messages: kind, data ... and their bytes.
+    batches = []
+    for chunk in data:
+        payloads = [payload for _, payload in FrameReader(0).feed(chunk)]
+        batches.append(([part for payload in payloads for part in (b"text", payload)], sum(map(len, payloads))))
     runs: dict[str, tuple[Callable[[], None], Any]] = {}
 
     def frames() -> None:
@@ -132,14 +137,14 @@ def layer_runs(data: list[bytes], folder: str) -> dict[str, tuple[Callable[[], N
                 f.write(source)
         vm = make_vm(entry)
         session, _ = open_session(vm)
-        conn, call_message = session.conn, vm.call_message
+        conn, call_messages = session.conn, vm.call_messages
         assert conn is not None
 
-        def messages(call_message: Any = call_message, conn: Any = conn) -> None:
-            conn.cork()  # as the session does around a read: replies are joined, not written
-            for payload in payloads:
-                call_message(conn, False, payload)
-            conn.uncork()
+        def messages(call_messages: Any = call_messages, conn: Any = conn) -> None:
+            for batch, size in batches:
+                conn.cork()  # as the session does around a read: replies are joined, not written
+                call_messages(conn, batch, size)
+                conn.uncork()
         runs[name] = (messages, vm)
     vm = make_vm(ENTRY)
     session, transport = open_session(vm)

@@ -125,6 +125,14 @@ class ScriptCounters:
         self.buckets[0 if seconds <= _FIRST_BOUND else bisect_left(CALLBACK_BUCKETS, seconds)] += 1
         self.seconds += seconds
 
+    def observe_many(self, seconds: float, count: int) -> None:
+        """``count`` callback runs timed together (the messages of one read,
+        run in one call into Lua): each is kept in the bucket of their mean."""
+        if count:
+            mean = seconds / count
+            self.buckets[0 if mean <= _FIRST_BOUND else bisect_left(CALLBACK_BUCKETS, mean)] += count
+            self.seconds += seconds
+
     def failed(self, message: str) -> None:
         """A callback ended with an error: a budget stop or a Lua error."""
         if any(stop in message for stop in BUDGET_STOP_MESSAGES):

@@ -671,6 +671,48 @@ local function dispatch_message(id, kind, data)
     return message_outcome(step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c)))
 end
 
+-- Set (stop_batch, from Python) when the connection the running batch is for
+-- starts closing: its later messages are not given to on_message.
+local batch_stopped = false
+
+local function stop_batch()
+    batch_stopped = true
+end
+
+-- The messages of one read in one call from Python (one crossing instead of
+-- one per message): kind, data, kind, data ... Each runs as dispatch_message
+-- runs it, in a slice of its own (its own budgets), in order, and on_message
+-- is looked up for each. `limit`: the bytes in use, the batch's own strings
+-- counted, past which a message's data would not have fit (call_message's
+-- first memory test); that message is left to Python, which decides.
+-- Returns "done" when every message ended; else how many were given to
+-- on_message and how the last one ended: (n, "done") when the connection
+-- started closing, (n, "error", ...), (n, "wait", co, handle); or
+-- (n, "room") when message n + 1 is left to Python.
+local function dispatch_messages(id, limit, ...)
+    local batch, count = { ... }, select("#", ...)
+    batch_stopped = false
+    for i = 1, count, 2 do
+        local data = batch[i + 1]
+        if i > 1 and collect("count") * 1024 + #data > limit then
+            return (i - 1) / 2, "room"
+        end
+        local fn = rawget(G, "on_message")
+        if type(fn) == "function" then
+            local c = enter(id)
+            local co = take_runner()
+            local state, a, b = step(co, run_slice(co, fn, { type = batch[i], data = data, finish = true }, c))
+            if state ~= "done" then
+                return (i + 1) / 2, state, a, b
+            end
+            if batch_stopped and i + 1 < count then
+                return (i + 1) / 2, "done"
+            end
+        end
+    end
+    return "done"
+end
+
 -- on_handshake(client_id, headers, server): n header names and values, then
 -- the server table's, in one flat list (cheaper than two tables from Python);
 -- no table is built when the script has no on_handshake.
@@ -827,4 +869,5 @@ local function encode(id, data)
     return "done", wire
 end
 
-return dispatch, dispatch_message, dispatch_handshake, continue, forget, load_chunk, set_budgets, dispatch_input, encode
+return dispatch, dispatch_message, dispatch_handshake, continue, forget, load_chunk, set_budgets, dispatch_input, encode,
+    dispatch_messages, stop_batch

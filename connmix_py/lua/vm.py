@@ -122,6 +122,7 @@ class LuaVM:
         self._waits: set[asyncio.Future] = set()
         self._waits_ended = False
         self._current: Connection | None = None
+        self._batch: Connection | None = None  # the connection whose messages call_messages runs
         self._sources: dict[str, int] = {}
 
     # -- loading ---------------------------------------------------------------
@@ -142,7 +143,8 @@ class LuaVM:
         # Callbacks waiting in the old state finish there: _drive keeps the
         # continue function of the state it started in.
         (self._dispatch, self._dispatch_message, self._dispatch_handshake, self._continue, self._forget,
-         self._dispatch_input, self._encode, self._loaded, self._rawget) = functions
+         self._dispatch_input, self._encode, self._loaded, self._rawget, self._dispatch_messages,
+         self._stop_batch) = functions
         sources.update(file_times(self._required_files()))
         self._sources = sources
 
@@ -185,7 +187,7 @@ class LuaVM:
         package = runtime.globals().package
         package.path = "".join(f"{folder}/{pattern};" for pattern in MODULE_PATHS).encode() + package.path
         (dispatch, dispatch_message, dispatch_handshake, cont, forget, load_chunk, set_budgets,
-         dispatch_input, encode) = _run_file(runtime, PRELUDE, py)
+         dispatch_input, encode, dispatch_messages, stop_batch) = _run_file(runtime, PRELUDE, py)
         self.guards = _run_file(runtime, GUARDS)
         self.guards.set_memory_budget(budget_mb)
         # Budgets rely on a count hook, which JIT-compiled loops never call.
@@ -205,7 +207,8 @@ class LuaVM:
                                "cannot run while the script loads; call them in callbacks")
         if outcome[0] == b"error":
             raise LuaLoadError(_text(outcome[1]))
-        return dispatch, dispatch_message, dispatch_handshake, cont, forget, dispatch_input, encode, modules, rawget
+        return (dispatch, dispatch_message, dispatch_handshake, cont, forget, dispatch_input, encode, modules, rawget,
+                dispatch_messages, stop_batch)
 
     def reload_if_changed(self) -> bool:
         """Hot update: load the scripts again if a .lua file beside the entry
@@ -260,6 +263,43 @@ class LuaVM:
             self._current = None
             return None
         return self._settle(conn, "on_message", outcome)
+
+    def call_messages(self, conn: Connection, messages: list[bytes], size: int) -> tuple[int, Awaitable | None]:
+        """on_message for several messages of one connection in one call into
+        Lua: ``messages`` is kind, data, kind, data ... (b"text" or b"binary"),
+        ``size`` the bytes of their data. Each runs as call_message runs it, in
+        order, until one does not end at once (an error, a wait: settled as
+        call_message settles it) or the connection starts closing. Returns how
+        many messages were handled, and the awaitable of the last one when it waits."""
+        count = len(messages) >> 1
+        # call_message's first memory test, for all of them at once: they all go into Lua now.
+        if self._memory_used() + size + VALUE_OVERHEAD * count > self._message_room:
+            return 1, self.call_message(conn, messages[0] == b"binary", messages[1])
+        self._current = self._batch = conn
+        started = perf_counter()
+        try:
+            outcome = self._dispatch_messages(conn.id_bytes, self._message_room + size, *messages)
+        finally:
+            self._batch = None
+        elapsed = perf_counter() - started
+        if outcome == b"done":  # the usual end: every callback ended
+            self._current = None
+            self.counters.observe_many(elapsed, count)
+            return count, None
+        ran, state = int(outcome[0]), outcome[1]
+        self.counters.observe_many(elapsed, ran)
+        if state == b"room":  # the next one did not pass the first memory test: call_message decides
+            return ran + 1, self.call_message(conn, messages[2 * ran] == b"binary", messages[2 * ran + 1])
+        if state == b"done":  # the connection started closing
+            self._current = None
+            return ran, None
+        return ran, self._settle(conn, "on_message", outcome[1:])
+
+    def connection_closing(self, conn: Connection) -> None:
+        """``conn`` started closing: a call_messages running for it gives no
+        more of its messages to on_message (the one running ends first)."""
+        if conn is self._batch:
+            self._stop_batch()
 
     def call(self, conn: Connection, name: str, *args: Any) -> Awaitable | None:
         """Run a callback by name; same contract as call_message."""

@@ -3,9 +3,9 @@ driving the entry script's callbacks.
 
 A connection's life: the upgrade request is read (servers/lean_head.py when
 the head is plain, else aiohttp's C HTTP parser) and checked (path, then a
-valid websocket handshake of version 13), ``on_handshake`` may refuse it (403; a Lua error there is a 500), frames go
-to ``on_message`` one at a time, and ``on_close`` runs exactly once with nil
-after a clean close and the reason otherwise. RFC 6455 violations close the
+valid websocket handshake of version 13), ``on_handshake`` may refuse it (403; a Lua error there is a 500), messages
+go to ``on_message`` one callback after the other (those of one read in one call into Lua), and
+``on_close`` runs exactly once with nil after a clean close and the reason otherwise. RFC 6455 violations close the
 connection (ws_codec.py): text that is not UTF-8 with 1007, an unmasked
 frame or a bad close code with 1002, a message over maxMessageSize with 1009.
 
@@ -57,6 +57,11 @@ http_log = logging.getLogger("connmix.http")  # refused upgrade requests, like t
 
 # Frames one connection may queue behind a waiting callback before reading pauses.
 MAX_INBOX = 256
+# Messages of one read given to on_message in one call into Lua (each is two values on Lua's stack),
+# and their bytes: the others' data is in Lua memory while each callback runs, where the memory
+# budget sees it, so a batch stays small beside any budget (a bigger message goes alone).
+MAX_BATCH = 64
+MAX_BATCH_BYTES = 64 * 1024
 LOST = "connection lost"  # how every reason for a socket gone without a close begins
 LOST_WITHOUT_CLOSE = f"{LOST}: closed by the client without a close frame"
 # Seconds a close the server sent waits for the client's close frame.
@@ -403,15 +408,63 @@ class WebSocketSession(asyncio.Protocol):
         # The replies to this read's frames leave in one write.
         conn.cork()
         try:
-            for opcode, payload in frames:
+            index, count = 0, len(frames)
+            while index < count:
+                opcode, payload = frames[index]
+                # Messages one after another go to on_message in one call into Lua.
+                if (opcode == OP_TEXT or opcode == OP_BINARY) and self.worker is None and not conn.closing:
+                    handled = self._messages(conn, frames, index)
+                    if handled:
+                        index += handled
+                        continue
                 if not self._frame(conn, opcode, payload):
                     return
+                index += 1
         finally:
             conn.uncork()
         if failure is not None:
             self._failed(conn, failure)
         elif frames and self.worker is None and not conn.closing:
             conn.read_since = asyncio.get_running_loop().time()
+
+    def _messages(self, conn: Connection, frames: list[tuple[int, bytes]], start: int) -> int:
+        """Run on_message for the text and binary frames from ``start`` on,
+        up to the next control frame or the first text that is not UTF-8
+        (left to _frame, as is the rest), in one call into Lua; how many were
+        handled (0: none could be). The messages after one that waits queue
+        behind it; those after one that closed the connection are dropped."""
+        messages: list[bytes] = []
+        size = 0
+        for index in range(start, min(len(frames), start + MAX_BATCH)):
+            opcode, payload = frames[index]
+            if size + len(payload) > MAX_BATCH_BYTES and messages:
+                break
+            if opcode == OP_TEXT:
+                # (isascii first: most text, no call.) A fragmented message comes whole.
+                if not payload.isascii() and not is_utf8(payload):
+                    break
+                messages += (b"text", payload)
+            elif opcode == OP_BINARY:
+                messages += (b"binary", payload)
+            else:
+                break
+            size += len(payload)
+        if not messages:
+            return 0
+        handled, pending = self.server.vm.call_messages(conn, messages, size)
+        if handled * 2 < len(messages):
+            size = sum(len(payload) for _, payload in frames[start:start + handled])
+        traffic = self.server.counters.traffic
+        traffic.messages_in += handled
+        traffic.bytes_in += size
+        if pending is not None:
+            self._wait_for(conn, pending)
+        return handled
+
+    def _wait_for(self, conn: Connection, pending: Awaitable) -> None:
+        """A callback waits: the worker finishes it, then what queues behind it."""
+        conn.read_since = None  # a running callback is not an idle client
+        self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
 
     def _frame(self, conn: Connection, opcode: int, payload: bytes) -> bool:
         """Handle one message or control frame; False once the connection ends."""
@@ -433,8 +486,7 @@ class WebSocketSession(asyncio.Protocol):
             if self.worker is None:
                 pending = self.server.vm.call_message(conn, binary, payload)
                 if pending is not None:
-                    conn.read_since = None  # a running callback is not an idle client
-                    self.worker = asyncio.get_running_loop().create_task(self._run_in_order(conn, pending))
+                    self._wait_for(conn, pending)
             else:
                 self._queue(opcode, payload)
         elif opcode == OP_PING:
@@ -510,7 +562,11 @@ class WebSocketSession(asyncio.Protocol):
 
     def _close_requested(self, code: int) -> None:
         """conn.close(): the close frame goes out after the frames queued;
-        the socket closes when the client answers (or after CLOSE_TIMEOUT)."""
+        the socket closes when the client answers (or after CLOSE_TIMEOUT).
+        The messages of the read after the callback closing it are dropped."""
+        conn = self.conn
+        assert conn is not None  # open() gave conn this closer
+        self.server.vm.connection_closing(conn)
         self._send_close(code)
 
     def _send_close(self, code: int) -> None:
