@@ -156,14 +156,17 @@ local function plain_object(text)
         return nil
     end
     local _, last, key, value, after = find(text, FIRST_PAIR)
+    if last == nil then
+        return nil
+    end
     local t = {}
-    while last ~= nil do
+    repeat
         t[key] = value  -- a repeated key: the last one counts, as in orjson
         if after == "}" then
             return last == #text and t or nil  -- nothing may follow the object
         end
         _, last, key, value, after = find(text, NEXT_PAIR, last + 1)
-    end
+    until last == nil
     return nil
 end
 
@@ -661,14 +664,20 @@ local function message_outcome(state, ...)
     return state, ...
 end
 
-local function dispatch_message(id, kind, data)
+-- One message to on_message (looked up now): "missing" without one, else
+-- what step makes of its slice.
+local function run_message(id, kind, data)
     local fn = rawget(G, "on_message")
     if type(fn) ~= "function" then
         return "missing"
     end
     local c = enter(id)
     local co = take_runner()
-    return message_outcome(step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c)))
+    return step(co, run_slice(co, fn, { type = kind, data = data, finish = true }, c))
+end
+
+local function dispatch_message(id, kind, data)
+    return message_outcome(run_message(id, kind, data))
 end
 
 -- Set (stop_batch, from Python) when the connection the running batch is for
@@ -681,8 +690,8 @@ end
 
 -- The messages of one read in one call from Python (one crossing instead of
 -- one per message): kind, data, kind, data ... Each runs as dispatch_message
--- runs it, in a slice of its own (its own budgets), in order, and on_message
--- is looked up for each. `limit`: the bytes in use, the batch's own strings
+-- runs it (run_message: in a slice of its own, with its own budgets, and
+-- on_message looked up for each), in order. `limit`: the bytes in use, the batch's own strings
 -- counted, past which a message's data would not have fit (call_message's
 -- first memory test); that message is left to Python, which decides.
 -- Returns "done" when every message ended; else how many were given to
@@ -697,17 +706,12 @@ local function dispatch_messages(id, limit, ...)
         if i > 1 and collect("count") * 1024 + #data > limit then
             return (i - 1) / 2, "room"
         end
-        local fn = rawget(G, "on_message")
-        if type(fn) == "function" then
-            local c = enter(id)
-            local co = take_runner()
-            local state, a, b = step(co, run_slice(co, fn, { type = batch[i], data = data, finish = true }, c))
-            if state ~= "done" then
-                return (i + 1) / 2, state, a, b
-            end
-            if batch_stopped and i + 1 < count then
-                return (i + 1) / 2, "done"
-            end
+        local state, a, b = run_message(id, batch[i], data)
+        if state ~= "done" and state ~= "missing" then
+            return (i + 1) / 2, state, a, b
+        end
+        if batch_stopped and i + 1 < count then
+            return (i + 1) / 2, "done"
         end
     end
     return "done"
