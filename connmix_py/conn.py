@@ -304,7 +304,7 @@ class Connection:
         if held is None:
             return True
         self.held = None
-        self._update_writer()
+        self.writer = self.transport if not self.closing else None
         if not held:
             return True
         transport = self.transport
@@ -314,16 +314,6 @@ class Connection:
         queued = transport.get_write_buffer_size()
         # A big frame is always the last one held (it is released at once).
         return not queued or self.queue_grew(len(held[-1]), queued)
-
-    def add_held(self, frame: bytes) -> bool:
-        """Queue a frame behind those held (the connection is held); False if
-        that dropped the client. (Hub.publish inlines all but over_cap.)"""
-        assert self.held is not None
-        self.held.append(frame)
-        size = len(frame)
-        self.sent_total += size
-        self.held_size += size
-        return self.held_size < self.held_cap or self.over_cap()
 
     def over_cap(self) -> bool:
         """What is held reached the cap (the send-queue bound is near, or
@@ -340,21 +330,26 @@ class Connection:
 
     def write_frame(self, frame: bytes) -> bool:
         """Queue encoded wire bytes; False if the connection cannot take it.
-        (Hub.publish inlines the first branch for its fan-out loop.)"""
+        (Hub.publish inlines the first two branches for its fan-out loop.)"""
         transport = self.writer
         if transport is not None and not transport.is_closing():
             transport.write(frame)
             self.sent_total += len(frame)
             queued = transport.get_write_buffer_size()
             return not queued or self.queue_grew(len(frame), queued)
+        held = self.held
+        if held is not None:  # behind the held frames (never set while closing)
+            held.append(frame)
+            size = len(frame)
+            self.sent_total += size
+            self.held_size += size
+            return self.held_size < self.held_cap or self.over_cap()
         return self._write_checked(frame)
 
     def _write_checked(self, frame: bytes) -> bool:
-        """write_frame when the connection is not open, is closing or is held."""
+        """write_frame when the connection is not open, or is closing."""
         if self.closing:
             return False
-        if self.held is not None:
-            return self.add_held(frame)
         transport = self.transport
         if transport is None:
             pending = self._pending  # None once open() has run

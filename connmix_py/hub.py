@@ -154,7 +154,7 @@ class Hub:
                         continue
                     holding.append(conn)
                     held = conn.held
-                # Connection.add_held inlined.
+                # Connection.write_frame's held case, inlined.
                 held.append(wire)  # type: ignore[union-attr]
                 conn.sent_total += size
                 total = conn.held_size + size
