@@ -21,7 +21,7 @@ before; the difference between two rows is what that part costs:
     websocket     + `msg.type` check and mix.websocket()
     json_decode   + mix.json_decode of the message
     send          + conn:send (bench-entry.lua as it is), still without the session
-    whole         data_received: frames, cork, per-frame checks, on_message, uncork
+    whole         data_received: frames, hold, per-frame checks, on_message, release
 
 Timings are this process's CPU time, best of ``--repeat`` runs (the
 machine is shared; the least disturbed run is the closest to the code's
@@ -142,9 +142,9 @@ def layer_runs(data: list[bytes], folder: str) -> dict[str, tuple[Callable[[], N
 
         def messages(call_messages: Any = call_messages, conn: Any = conn) -> None:
             for batch, size in batches:
-                conn.cork()  # as the session does around a read: replies are joined, not written
+                conn.hold()  # as the session does around a read: replies are joined, not written
                 call_messages(conn, batch, size)
-                conn.uncork()
+                conn.release()
         runs[name] = (messages, vm)
     vm = make_vm(ENTRY)
     session, transport = open_session(vm)

@@ -1,7 +1,9 @@
 """Connection: one client's id, context, subscriptions and bounded send queue.
 
-Frames are written straight to the transport; the transport's write buffer
-is the send queue. It is bounded twice: by size (``max_send_queue`` bytes,
+Frames are written straight to the transport, or held and written together
+(hold/release: the replies to one read, the publishes of one turn of the
+event loop); the send queue is what is held plus the transport's write
+buffer. It is bounded twice: by size (``max_send_queue`` bytes,
 not counting the largest frame queued: one big frame is not slowness) and by
 time (no progress for ``write_timeout`` seconds, progress meaning the client
 took everything queued or at least ``max_send_queue`` bytes). A connection
@@ -42,8 +44,8 @@ LUA_ERROR_REASON = "lua error"
 
 # Frames a connection may hold before its upgrade completes (sent on open).
 _MAX_PENDING_FRAMES = 1024
-# Bytes held back by cork() before they are written anyway.
-_CORK_LIMIT = 64 * 1024
+# Bytes held back (hold()) before they are written anyway.
+_HOLD_LIMIT = 64 * 1024
 # Queued frames at least this big are remembered, so the largest one queued
 # can be left out of the send-queue bound; smaller ones count in full.
 _BIG_FRAME = 64 * 1024
@@ -63,13 +65,14 @@ class PayloadError(ValueError):
 
 
 class Connection:
-    # The fan-out reads only the first two: declared first, they share one cache line.
+    # The fan-out reads only the first six: declared first, they share one cache line.
     __slots__ = (
-        "writer", "sent_total", "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
+        "held", "last_turn", "writer", "sent_total", "held_size", "held_cap",
+        "client_id", "id_bytes", "server", "remote_addr", "context", "channels",
         "transport", "max_send_queue", "write_timeout", "read_timeout", "read_since",
         "closing", "close_code", "close_err", "frames_sent", "send_errors", "blocked_since",
         "block_mark", "big_frames", "encoder", "script_frames", "session", "_logger", "_log", "aborted", "_pending",
-        "_closer", "_loop", "_waiters", "_corked", "_corked_size",
+        "_closer", "_loop", "_waiters",
     )
 
     def __init__(self, client_id: str, server: Any, remote_addr: str,
@@ -84,7 +87,7 @@ class Connection:
         self.channels: set[str] = set()
         self.transport: asyncio.Transport | None = None
         # The transport while a frame may go straight to it (open, not closing,
-        # not corked); None sends every frame through write_frame's checks.
+        # not held); None sends every frame through write_frame's checks.
         self.writer: asyncio.Transport | None = None
         self.max_send_queue = max_send_queue
         self.write_timeout = write_timeout
@@ -122,9 +125,13 @@ class Connection:
         self._closer: Callable[[int], None] | None = None
         # context key -> wait_context_value calls waiting for it (None: none ever waited).
         self._waiters: dict[str, list[asyncio.Future]] | None = None
-        # Frames held back while the server handles one read (cork/uncork), and their size.
-        self._corked: list[bytes] | None = None
-        self._corked_size = 0
+        # Frames held back (hold/release) and their size; past held_cap bytes
+        # they are written at once (the send-queue bound, or _HOLD_LIMIT, is near).
+        self.held: list[bytes] | None = None
+        # Hub.turn of the last publish to this connection (its later ones that turn are held).
+        self.last_turn = -1
+        self.held_size = 0
+        self.held_cap = 0
 
     @property
     def log(self) -> ConnectionLog:
@@ -150,7 +157,7 @@ class Connection:
         """Close after the frames already queued; later sends fail."""
         if self.closing:
             return
-        self.uncork()  # the frames before the close go first
+        self.release()  # the frames before the close go first
         self.closing = True
         self.writer = None
         self.close_code = code
@@ -166,6 +173,7 @@ class Connection:
             self.close_err = err
         self.closing = True
         self.writer = None
+        self.held = None
         self.aborted = True
         if self.transport is not None:
             self.transport.abort()
@@ -174,6 +182,7 @@ class Connection:
         """The socket is gone; remember why for on_close."""
         self.closing = True
         self.writer = None
+        self.held = None
         if self.close_err is None:
             self.close_err = err
 
@@ -272,50 +281,75 @@ class Connection:
         self.send_errors += 1
         return why
 
-    def cork(self) -> None:
-        """Hold frames back until uncork(): the replies to the frames of one
-        read leave in one write (one system call instead of one each)."""
-        if self._corked is None and self.transport is not None:
-            self._corked = []
-            self.writer = None
+    def hold(self) -> bool:
+        """Hold frames back until release(), so that they leave in one write
+        (one system call instead of one each): the replies to the frames of
+        one read, or the publishes of one turn of the event loop. False when
+        the connection is not open, is closing or is held already."""
+        transport = self.writer
+        if transport is None or transport.is_closing():
+            return False
+        self.held = []
+        self.held_size = 0
+        # Below the cap nothing can cross the send-queue bound: the transport's
+        # buffer only shrinks while nothing is written to it.
+        self.held_cap = min(self.max_send_queue - transport.get_write_buffer_size(), _HOLD_LIMIT)
+        self.writer = None
+        return True
 
-    def uncork(self) -> None:
-        """Write what was held back, in order, through the send-queue bounds."""
-        corked, self._corked = self._corked, None
-        if corked is None:
-            return
-        self._update_writer()
-        if corked:
-            self._corked_size = 0
-            self.write_frame(corked[0] if len(corked) == 1 else b"".join(corked))
+    def release(self) -> bool:
+        """Write what is held, in order; False if the client was dropped
+        (or is gone)."""
+        held = self.held
+        if held is None:
+            return True
+        self.held = None
+        self.writer = self.transport if not self.closing else None
+        if not held:
+            return True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(held[0] if len(held) == 1 else b"".join(held))
+        queued = transport.get_write_buffer_size()
+        # A big frame is always the last one held (it is released at once).
+        return not queued or self.queue_grew(len(held[-1]), queued)
+
+    def over_cap(self) -> bool:
+        """What is held reached the cap (the send-queue bound is near, or
+        _HOLD_LIMIT, or the last frame is big): write it now and judge it as a
+        plain write is judged, then hold again; False if the client was dropped."""
+        if not self.release():
+            return False
+        self.hold()
+        return True
 
     def _update_writer(self) -> None:
         """Let frames go straight to the transport again if nothing stands in the way."""
-        self.writer = self.transport if not self.closing and self._corked is None else None
+        self.writer = self.transport if not self.closing and self.held is None else None
 
     def write_frame(self, frame: bytes) -> bool:
         """Queue encoded wire bytes; False if the connection cannot take it.
-        (Hub.publish inlines the first branch for its fan-out loop.)"""
+        (Hub.publish inlines the first two branches for its fan-out loop.)"""
         transport = self.writer
         if transport is not None and not transport.is_closing():
             transport.write(frame)
             self.sent_total += len(frame)
             queued = transport.get_write_buffer_size()
             return not queued or self.queue_grew(len(frame), queued)
+        held = self.held
+        if held is not None:  # behind the held frames (never set while closing)
+            held.append(frame)
+            size = len(frame)
+            self.sent_total += size
+            self.held_size += size
+            return self.held_size < self.held_cap or self.over_cap()
         return self._write_checked(frame)
 
     def _write_checked(self, frame: bytes) -> bool:
-        """write_frame when the connection is not open, is closing or is corked."""
+        """write_frame when the connection is not open, or is closing."""
         if self.closing:
             return False
-        corked = self._corked
-        if corked is not None:
-            corked.append(frame)
-            self._corked_size += len(frame)
-            if self._corked_size >= _CORK_LIMIT:  # a callback sending much: to the bounds now
-                self.uncork()
-                self.cork()
-            return True
         transport = self.transport
         if transport is None:
             pending = self._pending  # None once open() has run
@@ -325,7 +359,7 @@ class Connection:
             return True
         if transport.is_closing():  # the peer is gone; the handler will notice
             return False
-        self._update_writer()  # open, not closing, not corked: the plain path
+        self._update_writer()  # open, not closing, not held: the plain path
         return self.write_frame(frame)
 
     def queue_grew(self, size: int, queued: int) -> bool:
@@ -377,7 +411,7 @@ class Connection:
             reason = f"read timeout: nothing received for {self.read_timeout:g}s"
             self.log.debug("closing: %s", reason)
             self.close(CLOSE_POLICY, reason)
-        if self.blocked_since is None:
+        if self.blocked_since is None or self.held is not None:  # held: released within this turn
             return
         queued = transport.get_write_buffer_size()
         if queued == 0:

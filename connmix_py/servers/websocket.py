@@ -406,7 +406,7 @@ class WebSocketSession(asyncio.Protocol):
         except FrameError as exc:
             frames, failure = exc.frames, exc
         # The replies to this read's frames leave in one write.
-        conn.cork()
+        conn.hold()
         try:
             index, count = 0, len(frames)
             while index < count:
@@ -421,7 +421,7 @@ class WebSocketSession(asyncio.Protocol):
                     return
                 index += 1
         finally:
-            conn.uncork()
+            conn.release()
         if failure is not None:
             self._failed(conn, failure)
         elif frames and self.worker is None and not conn.closing:
@@ -503,7 +503,7 @@ class WebSocketSession(asyncio.Protocol):
                 self._fail(conn, CLOSE_PROTOCOL_ERROR, f"protocol error (1002): {invalid}")
                 return False
             self.client_code = code
-            conn.uncork()  # the replies before the close go first
+            conn.release()  # the replies before the close go first
             conn.mark_closed(None)
             self._send_close(CLOSE_NORMAL)
             self.transport.close()

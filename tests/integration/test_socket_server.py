@@ -302,6 +302,19 @@ async def test_publish_encodes_once_for_all_socket_subscribers(running):
     assert after - before == 1
 
 
+async def test_the_publishes_of_one_turn_reach_socket_subscribers_encoded_and_in_order(running):
+    """From the second publish of a turn the frames are held and written
+    together (Hub.publish): protocol_encode's bytes, joined in order."""
+    subscribers = [await client(running) for _ in range(2)]
+    for sub in subscribers:
+        assert await ask(sub, "sub news") == "subscribed"
+    for i in range(30):  # one node: engine.publish does not yield, so one turn
+        assert await running.engine.publish("news", f"n{i}") == (2, 0)
+    for sub in subscribers:
+        assert [await sub.recv_line() for _ in range(30)] == [f"n{i}" for i in range(30)]
+    await assert_served(running)
+
+
 async def test_conn_send_writes_the_scripts_bytes_as_given(running):
     conn = await client(running)
     await conn.send_line("raw <framed-by-the-script>")
