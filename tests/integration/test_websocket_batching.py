@@ -1,7 +1,7 @@
 """The websocket server writes the replies to the frames of one read in one
-write (Connection.cork): the order of replies, pongs and the close stays the
+write (Connection.hold): the order of replies, pongs and the close stays the
 order of the frames, and a callback sending much in one go is still held to
-maxSendQueue (the held-back bytes go through the bounds every 64 KiB). A
+maxSendQueue (the held-back bytes count in the send queue as they are queued). A
 close whose last frames cannot flush is cut after writeTimeout."""
 from __future__ import annotations
 
