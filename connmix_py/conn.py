@@ -304,7 +304,7 @@ class Connection:
         if held is None:
             return True
         self.held = None
-        self.writer = self.transport if not self.closing else None
+        self._update_writer()
         if not held:
             return True
         transport = self.transport

@@ -135,8 +135,13 @@ class Hub:
             for conn in receivers:
                 held = conn.held
                 if held is None:
-                    if conn.last_turn != turn:
-                        # The first of this turn: Connection.write_frame inlined.
+                    # Its second publish this turn, and it can be held: hold it.
+                    if conn.last_turn == turn and conn.hold():
+                        holding.append(conn)
+                        held = conn.held
+                    else:
+                        # The first of this turn (or not open, or closing):
+                        # Connection.write_frame, its plain case inlined.
                         conn.last_turn = turn
                         transport = conn.writer
                         if transport is not None and not transport.is_closing():
@@ -148,12 +153,6 @@ class Hub:
                         elif conn.write_frame(wire):
                             sent += 1
                         continue
-                    if not conn.hold():  # not open, or closing: write_frame's checks decide
-                        if conn.write_frame(wire):
-                            sent += 1
-                        continue
-                    holding.append(conn)
-                    held = conn.held
                 # Connection.write_frame's held case, inlined.
                 held.append(wire)  # type: ignore[union-attr]
                 conn.sent_total += size
